@@ -1,0 +1,47 @@
+/**
+ * The gateway as a fastify plugin. `fastify start -o dist/src/app.js` (npm start)
+ * loads the default export with `options`; tests and `buildApp()` register it on an
+ * instance of their own.
+ */
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import type { Config } from './config.js'
+import { configOrExit } from './entry.js'
+import brokerPlugin from './plugins/broker.js'
+import bindingsPlugin from './plugins/bindings.js'
+import gatewayPlugin from './plugins/gateway.js'
+import socketIoPlugin from './plugins/socket-io.js'
+import healthRoutes from './routes/health.js'
+
+export interface AppOptions {
+  /** Defaults to loadConfig('gateway') from the environment. */
+  config?: Config
+  /** Collect process-level default metrics (off when several apps share a test process). @default true */
+  defaultMetrics?: boolean
+}
+
+const app = fp<AppOptions>(async (fastify, opts) => {
+  const config = opts.config ?? configOrExit('gateway')
+  await fastify.register(brokerPlugin, { config })
+  await fastify.register(bindingsPlugin, { config })
+  await fastify.register(socketIoPlugin, { config })
+  await fastify.register(gatewayPlugin, { config, defaultMetrics: opts.defaultMetrics ?? true })
+  await fastify.register(healthRoutes, { config })
+}, { name: 'chat-gateway', fastify: '5.x' })
+
+export default app
+
+/** Server options for `fastify start -o`. */
+export const options: FastifyServerOptions = {
+  // Sockets are long-lived; close keep-alive HTTP connections at shutdown instead of waiting.
+  forceCloseConnections: true,
+  pluginTimeout: 30_000,
+  return503OnClosing: true
+}
+
+/** A gateway on an instance of its own, not listening yet. */
+export async function buildApp (config: Config, extra: { logger?: FastifyServerOptions['logger'], defaultMetrics?: boolean } = {}): Promise<FastifyInstance> {
+  const instance = Fastify({ ...options, logger: extra.logger ?? { level: config.LOG_LEVEL } })
+  await instance.register(app, { config, defaultMetrics: extra.defaultMetrics ?? true })
+  return instance
+}

@@ -1,0 +1,66 @@
+/**
+ * A long-lived publisher with publisher confirms, used for every write that must
+ * not be lost. `publish()` resolves only when the broker has taken responsibility
+ * for the message: confirmed, and routed to at least one queue when `mandatory`
+ * (RabbitMQ confirms unroutable messages too, so a confirm alone proves nothing).
+ */
+import { randomUUID } from 'node:crypto'
+import type { Connection, Envelope, Publisher, PublisherProps, ReturnedMessage } from 'rabbitmq-client'
+import { AppError } from '../errors.js'
+
+export class PublishError extends AppError {
+  /** True when retrying the same message later may succeed (timeout, connection loss, nack). */
+  readonly retryable: boolean
+  constructor (code: `APP_${string}`, message: string, retryable: boolean, cause?: unknown) {
+    super(code, message, { cause })
+    this.name = 'PublishError'
+    this.retryable = retryable
+  }
+}
+
+export class ConfirmedPublisher {
+  readonly #publisher: Publisher
+  readonly #returned = new Set<string>()
+  #closing: Promise<void> | undefined
+
+  constructor (connection: Connection, props: Omit<PublisherProps, 'confirm'> = {}) {
+    this.#publisher = connection.createPublisher({ ...props, confirm: true, maxAttempts: 1 })
+    // basic.return precedes the basic.ack of the same message on the same channel,
+    // so the id is recorded before publish() sees the confirm.
+    this.#publisher.on('basic.return', (msg: ReturnedMessage) => {
+      if (msg.messageId !== undefined) this.#returned.add(msg.messageId)
+    })
+  }
+
+  /**
+   * @param timeoutMs reject with APP_PUBLISH_TIMEOUT after this long; the message may
+   *   still reach the broker later, so callers retry only idempotent messages.
+   * @throws PublishError
+   */
+  async publish (envelope: Envelope, body: unknown, timeoutMs: number): Promise<void> {
+    if (this.#closing !== undefined) throw new PublishError('APP_PUBLISHER_CLOSED', 'publisher is closed', true)
+    const messageId = envelope.messageId ?? randomUUID()
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new PublishError('APP_PUBLISH_TIMEOUT', `broker did not confirm within ${timeoutMs} ms`, true)), timeoutMs)
+    })
+    try {
+      await Promise.race([this.#publisher.send({ ...envelope, messageId }, body), timeout])
+    } catch (err) {
+      this.#returned.delete(messageId)
+      if (err instanceof PublishError) throw err
+      throw new PublishError('APP_PUBLISH_FAILED', 'broker refused or lost the message', true, err)
+    } finally {
+      clearTimeout(timer)
+    }
+    if (envelope.mandatory === true && this.#returned.delete(messageId)) {
+      throw new PublishError('APP_PUBLISH_UNROUTABLE', `no queue is bound to ${envelope.exchange ?? ''}/${envelope.routingKey ?? ''}`, false)
+    }
+  }
+
+  /** Idempotent. */
+  close (): Promise<void> {
+    this.#closing ??= this.#publisher.close()
+    return this.#closing
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * Names and declarations of every exchange and queue, derived from one prefix.
+ * Gateways and workers declare the same durable topology with the same arguments
+ * (a mismatch would be a PRECONDITION_FAILED), so whichever starts first creates it
+ * and a send is never confirmed into an exchange with no queue behind it.
+ */
+import type { Cmd, MethodParams } from 'rabbitmq-client'
+
+export type BrokerNames = ReturnType<typeof brokerNames>
+
+export function brokerNames (prefix: string) {
+  return {
+    /** Durable direct exchange every client write goes to. */
+    incoming: `${prefix}.incoming`,
+    /** Durable direct exchange routed by `user:{id}` and `channel:{id}` bindings. */
+    outgoing: `${prefix}.outgoing`,
+    /** Durable quorum queue of sends, consumed by workers. */
+    workerQueue: `${prefix}.worker`,
+    /** Durable queue of reads and channel commands (RPC with direct reply-to). */
+    rpcQueue: `${prefix}.worker.rpc`,
+    /** Where messages the worker can never process go, with the reason in a header. */
+    deadLetterExchange: `${prefix}.dead-letter`,
+    deadLetterQueue: `${prefix}.dead-letter`
+  }
+}
+
+/** Routing keys on the incoming exchange. */
+export const ROUTE_SEND = 'message.send'
+export const ROUTE_RPC = 'rpc'
+export const ROUTE_DEAD = 'dead'
+
+/**
+ * Routing keys on the outgoing exchange. The prefixes keep the namespaces apart: a user
+ * whose id is "channel:5" has the key "user:channel:5", never "channel:5".
+ */
+export const userKey = (userId: string) => `user:${userId}`
+export const channelKey = (channelId: string) => `channel:${channelId}`
+export const keyKind = (key: string): 'user' | 'channel' => key.startsWith('user:') ? 'user' : 'channel'
+
+/**
+ * Redeliveries before a send is dead-lettered by the broker itself. The worker
+ * normally decides earlier (it dead-letters poison with a reason and never
+ * nacks a message for a transient failure); this is the backstop for crash loops.
+ */
+export const WORKER_DELIVERY_LIMIT = 20
+
+export function exchangeDeclarations (n: BrokerNames): Array<MethodParams[Cmd.ExchangeDeclare]> {
+  return [
+    { exchange: n.incoming, type: 'direct', durable: true },
+    { exchange: n.outgoing, type: 'direct', durable: true },
+    { exchange: n.deadLetterExchange, type: 'direct', durable: true }
+  ]
+}
+
+type QueueSpec = {
+  queue: string
+  options: Omit<MethodParams[Cmd.QueueDeclare], 'queue'>
+  bindings: Array<MethodParams[Cmd.QueueBind]>
+}
+
+export function queueSpecs (n: BrokerNames): Record<'worker' | 'rpc' | 'deadLetter', QueueSpec> {
+  return {
+    worker: {
+      queue: n.workerQueue,
+      options: {
+        durable: true,
+        arguments: {
+          'x-queue-type': 'quorum',
+          'x-dead-letter-exchange': n.deadLetterExchange,
+          'x-dead-letter-routing-key': ROUTE_DEAD,
+          'x-delivery-limit': WORKER_DELIVERY_LIMIT
+        }
+      },
+      bindings: [{ queue: n.workerQueue, exchange: n.incoming, routingKey: ROUTE_SEND }]
+    },
+    // Requests carry a per-message expiration equal to the caller's timeout.
+    rpc: {
+      queue: n.rpcQueue,
+      options: { durable: true },
+      bindings: [{ queue: n.rpcQueue, exchange: n.incoming, routingKey: ROUTE_RPC }]
+    },
+    deadLetter: {
+      queue: n.deadLetterQueue,
+      options: { durable: true, arguments: { 'x-queue-type': 'quorum' } },
+      bindings: [{ queue: n.deadLetterQueue, exchange: n.deadLetterExchange, routingKey: ROUTE_DEAD }]
+    }
+  }
+}
+
+/** The whole durable topology, in the shape createPublisher replays on every channel reset. */
+export function publisherTopology (n: BrokerNames) {
+  const specs = Object.values(queueSpecs(n))
+  return {
+    exchanges: exchangeDeclarations(n),
+    queues: specs.map((s) => ({ ...s.options, queue: s.queue })),
+    queueBindings: specs.flatMap((s) => s.bindings)
+  }
+}
+
+/** One queue's declaration, in the shape createConsumer replays on every channel reset. */
+export function consumerTopology (n: BrokerNames, which: 'worker' | 'rpc') {
+  const spec = queueSpecs(n)[which]
+  return {
+    queue: spec.queue,
+    queueOptions: spec.options,
+    exchanges: exchangeDeclarations(n),
+    queueBindings: spec.bindings
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * The one configuration schema. Both processes call loadConfig(); nothing else in
+ * the code base reads process.env. Every setting is documented here, and the
+ * README's table is checked against this schema by test/config.test.ts.
+ */
+import { randomBytes } from 'node:crypto'
+import { hostname } from 'node:os'
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+
+const Int = (description: string, def: number, minimum = 0, maximum = Number.MAX_SAFE_INTEGER) =>
+  Type.Integer({ description, default: def, minimum, maximum })
+
+export const ConfigSchema = Type.Object({
+  NODE_ENV: Type.Union([Type.Literal('development'), Type.Literal('test'), Type.Literal('production')], {
+    description: 'development, test or production. Production refuses the development defaults marked below.',
+    default: 'development'
+  }),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((l) => Type.Literal(l)), {
+    description: 'pino log level of the worker and of gateways started by `npm run cluster`.',
+    default: 'info'
+  }),
+
+  // Broker
+  AMQP_URL: Type.String({
+    description: 'RabbitMQ URL (amqp:// or amqps://). Development default: amqp://guest:guest@127.0.0.1:5672. Required in production.',
+    pattern: '^(amqps?://.+)?$',
+    default: ''
+  }),
+  BROKER_PREFIX: Type.String({
+    description: 'Prefix of every exchange and queue name, so tenants and tests can share one broker.',
+    pattern: '^[A-Za-z0-9_.-]{1,64}$',
+    default: 'chat'
+  }),
+  AMQP_HEARTBEAT_S: Int('AMQP heartbeat in seconds; a dead gateway\'s queue and bindings vanish after about twice this.', 10, 1, 600),
+  SERVER_ID: Type.String({
+    description: 'Name of this process in logs, metrics and the AMQP connection name. Default: host name plus a random suffix.',
+    pattern: '^[A-Za-z0-9_.:-]{0,100}$',
+    default: ''
+  }),
+  FLY_REGION: Type.String({ description: 'Region label reported by /ready and metrics; set by Fly.', default: '' }),
+
+  // Gateway
+  PORT: Int('HTTP and Socket.IO port of a gateway (read by the fastify CLI as well).', 3000, 0, 65535),
+  HOST: Type.String({ description: 'Address a gateway listens on.', default: '0.0.0.0' }),
+  JWT_SECRET: Type.String({
+    description: 'HS256 secret that signs client tokens (claim `sub` = user id), at least 16 characters. Development default: a fixed insecure value. Required in production.',
+    default: ''
+  }),
+  JWT_ISSUER: Type.String({ description: 'If set, tokens must carry this `iss`.', default: '' }),
+  JWT_AUDIENCE: Type.String({ description: 'If set, tokens must carry this `aud`.', default: '' }),
+  SOCKET_TRANSPORTS: Type.Union([Type.Literal('websocket'), Type.Literal('websocket,polling')], {
+    description: 'Engine.IO transports. Keep `websocket` behind load balancers without sticky sessions (Fly).',
+    default: 'websocket'
+  }),
+  MAX_PAYLOAD_BYTES: Int('Largest Socket.IO frame a client may send; bigger frames close the socket.', 16_384, 1024, 10_485_760),
+  MAX_CONTENT_CHARS: Int('Longest message content, in characters.', 4000, 1, 1_000_000),
+  MAX_CHANNEL_MEMBERS: Int('Most members a channel:create may name.', 1000, 1, 100_000),
+  SOCKET_RATE_PER_SEC: Int('Events per second a socket may send on average (token bucket); beyond it acks say RATE_LIMITED.', 20, 1, 100_000),
+  SOCKET_RATE_BURST: Int('Events a socket may send in a burst before the rate limit applies.', 40, 1, 100_000),
+  BIND_CHANNELS: Int('AMQP channels used in parallel for bind/unbind (one RPC in flight per channel).', 8, 1, 64),
+  UNBIND_GRACE_MS: Int('Delay before a key whose last local user left is unbound; absorbs reconnect flaps.', 2000, 0, 600_000),
+  GATEWAY_PREFETCH: Int('Unacked deliveries a gateway takes from its queue at once.', 1000, 1, 65_535),
+  GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the oldest deliveries are dropped (clients catch up by history).', 100_000, 1),
+  RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
+  SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),
+
+  // Worker
+  DATABASE_URL: Type.String({
+    description: 'PostgreSQL URL used by the worker and `npm run db:migrate`. Required by the worker.',
+    pattern: '^(postgres(ql)?://.*)?$',
+    default: ''
+  }),
+  DB_POOL_MAX: Int('Connections in the worker\'s PostgreSQL pool.', 10, 1, 1000),
+  WORKER_PREFETCH: Int('Unacked messages the worker holds; also the largest batch.', 500, 1, 65_535),
+  WORKER_BATCH_MAX: Int('Most messages persisted in one transaction.', 250, 1, 10_000),
+  WORKER_BATCH_WAIT_MS: Int('How long the worker waits to fill a batch.', 5, 0, 1000),
+  WORKER_RPC_CONCURRENCY: Int('Reads and channel commands the worker serves at once.', 16, 1, 1000),
+  WORKER_PORT: Int('Port of the worker\'s /health, /ready and /metrics.', 9091, 0, 65535)
+})
+
+export type Config = Static<typeof ConfigSchema>
+export type Role = 'gateway' | 'worker' | 'migrate' | 'cluster'
+
+const DEV_AMQP_URL = 'amqp://guest:guest@127.0.0.1:5672'
+const DEV_JWT_SECRET = 'dev-only-insecure-jwt-secret'
+
+/** The one error a bad environment produces; `message` is the one line printed at start. */
+export class ConfigError extends Error {
+  readonly code = 'APP_CONFIG_INVALID'
+  constructor (message: string) {
+    super(message)
+    this.name = 'ConfigError'
+  }
+}
+
+/**
+ * Validates `env` against the schema and the role's requirements.
+ * @throws ConfigError naming the first bad or missing variable.
+ */
+export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): Config {
+  const raw: Record<string, unknown> = {}
+  for (const key of Object.keys(ConfigSchema.properties)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') raw[key] = value.trim()
+  }
+  const converted = Value.Convert(ConfigSchema, Value.Default(ConfigSchema, raw))
+  const first = Value.Errors(ConfigSchema, converted).First()
+  if (first !== undefined) {
+    const name = first.path.replace(/^\//, '')
+    const schema = (ConfigSchema.properties as Record<string, TSchema>)[name]
+    const got = env[name] === undefined ? 'unset' : JSON.stringify(env[name])
+    throw new ConfigError(`${name} is invalid (${got}): ${describe(schema, first.message)}`)
+  }
+  const config = converted as Config
+  const production = config.NODE_ENV === 'production'
+  const needs = (name: keyof Config, why: string) => {
+    if (config[name] === '') throw new ConfigError(`${name} is required ${why}`)
+  }
+  if (config.AMQP_URL === '') {
+    if (production) needs('AMQP_URL', 'in production')
+    config.AMQP_URL = DEV_AMQP_URL
+  }
+  if (role === 'gateway') {
+    if (config.JWT_SECRET === '') {
+      if (production) needs('JWT_SECRET', 'in production: set a random string of 32+ characters')
+      config.JWT_SECRET = DEV_JWT_SECRET
+    } else if (config.JWT_SECRET.length < 16) {
+      throw new ConfigError('JWT_SECRET is invalid: it must be at least 16 characters long')
+    }
+  }
+  if (role === 'worker' || role === 'migrate') {
+    needs('DATABASE_URL', 'by the worker and migrations (e.g. postgres://user:pass@host:5432/db)')
+  }
+  if (config.SERVER_ID === '') config.SERVER_ID = `${hostname().slice(0, 40)}-${randomBytes(4).toString('hex')}`
+  return config
+}
+
+/** True when the gateway runs on the insecure development JWT secret. */
+export const usesDevSecret = (config: Config) => config.JWT_SECRET === DEV_JWT_SECRET
+
+function describe (schema: TSchema | undefined, fallback: string): string {
+  if (schema === undefined) return fallback
+  if (schema.anyOf !== undefined) {
+    return `expected one of ${(schema.anyOf as TSchema[]).map((s) => String(s.const)).join(', ')}`
+  }
+  if (schema.type === 'integer') return `expected an integer from ${schema.minimum} to ${schema.maximum}`
+  if (schema.pattern !== undefined) return `expected to match ${schema.pattern}`
+  return fallback
+}
+
+/**
+ * An environment for a child process (npm run cluster, tests): the parent's own
+ * environment plus overrides. Kept here so that only this module touches process.env.
+ */
+export function childEnv (overrides: Record<string, string | undefined>): NodeJS.ProcessEnv {
+  return { ...process.env, ...overrides }
+}

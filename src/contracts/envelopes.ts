@@ -1,0 +1,88 @@
+/**
+ * Bodies that travel through RabbitMQ between gateways and workers. Incoming
+ * bodies are validated by the worker (a gateway is trusted, but a broker is shared
+ * and a bad publisher must not crash or wedge the worker); outgoing bodies are
+ * written by workers and gateways only.
+ */
+import { Type, type Static } from '@sinclair/typebox'
+import type { ErrorBody } from '../errors.js'
+import { ChannelIdSchema, UserIdSchema, UuidSchema } from './ids.js'
+import { ContentSchema, type ChannelSummary, type Message } from './protocol.js'
+
+/** Version of the envelopes below; a worker dead-letters versions it does not know. */
+export const ENVELOPE_VERSION = 1
+
+// ---- incoming exchange, routing key `message.send` -------------------------------
+
+export const SendCommandSchema = Type.Object({
+  v: Type.Literal(ENVELOPE_VERSION),
+  senderId: UserIdSchema,
+  clientMsgId: UuidSchema,
+  content: ContentSchema,
+  toUserId: Type.Optional(UserIdSchema),
+  channelId: Type.Optional(ChannelIdSchema),
+  /** ms since epoch at the gateway; used for latency metrics only. */
+  sentAt: Type.Optional(Type.Number())
+}, { additionalProperties: false })
+export type SendCommand = Static<typeof SendCommandSchema>
+
+// ---- incoming exchange, routing key `rpc` (request/response, direct reply-to) -------
+
+const Limit = Type.Integer({ minimum: 1, maximum: 500 })
+const Seq = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })
+
+export const RpcRequestSchema = Type.Union([
+  Type.Object({ op: Type.Literal('session.open'), userId: UserIdSchema }, { additionalProperties: false }),
+  Type.Object({ op: Type.Literal('channels.list'), userId: UserIdSchema }, { additionalProperties: false }),
+  Type.Object({
+    op: Type.Literal('channels.seq'),
+    userId: UserIdSchema,
+    channelIds: Type.Array(ChannelIdSchema, { maxItems: 10_000 })
+  }, { additionalProperties: false }),
+  Type.Object({
+    op: Type.Literal('history.fetch'),
+    userId: UserIdSchema,
+    channelId: Type.Optional(ChannelIdSchema),
+    withUserId: Type.Optional(UserIdSchema),
+    afterSeq: Type.Optional(Seq),
+    beforeSeq: Type.Optional(Seq),
+    limit: Limit
+  }, { additionalProperties: false }),
+  Type.Object({
+    op: Type.Literal('channel.create'),
+    userId: UserIdSchema,
+    name: Type.String({ minLength: 1, maxLength: 100, format: 'chat-text' }),
+    memberIds: Type.Array(UserIdSchema, { maxItems: 100_000 })
+  }, { additionalProperties: false }),
+  Type.Object({ op: Type.Literal('channel.leave'), userId: UserIdSchema, channelId: ChannelIdSchema }, { additionalProperties: false })
+])
+export type RpcRequest = Static<typeof RpcRequestSchema>
+export type RpcOp = RpcRequest['op']
+
+/** What each RPC returns when it succeeds. */
+export interface RpcResults {
+  'session.open': { channels: ChannelSummary[] }
+  'channels.list': { channels: ChannelSummary[] }
+  'channels.seq': { seqs: Record<string, number> }
+  'history.fetch': { messages: Message[] }
+  'channel.create': { channel: ChannelSummary }
+  'channel.leave': Record<never, never>
+}
+
+export type RpcResponse<O extends RpcOp = RpcOp> =
+  | { ok: true, result: RpcResults[O] }
+  | { ok: false, error: ErrorBody }
+
+// ---- outgoing exchange: what a gateway receives on its queue ---------------------
+
+export type Delivery =
+  /** A stored message. Group: routed `channel:{id}`. Direct: routed `user:{to}` with CC `user:{sender}`. */
+  | { t: 'message', message: Message }
+  /** Ephemeral; published by a gateway with a short expiration and never stored. */
+  | { t: 'typing', channelId: string, userId: string, kind: 'group' | 'direct', peerId?: string }
+  /** `user:{userId}` gained a channel: the gateway binds `channel:{id}` before telling the sockets. */
+  | { t: 'joined', userId: string, channel: ChannelSummary }
+  /** `user:{userId}` left a channel: the gateway unbinds (refcounted) and tells the sockets. */
+  | { t: 'left', userId: string, channelId: string }
+  /** The worker refused a message the gateway had accepted (e.g. not a member). */
+  | { t: 'rejected', userId: string, clientMsgId: string, error: ErrorBody }

@@ -1,0 +1,35 @@
+/**
+ * Telling a database outage (retry, never dead-letter) from a bad message (which
+ * no retry will fix).
+ */
+
+// SQLSTATE classes and codes that say "the database, not the data".
+const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57'] // connection, resources, operator intervention
+const TRANSIENT_SQLSTATES = new Set(['40001', '40P01', '55P03', '58000', '58030'])
+// Node and postgres.js error codes for a lost or refused connection.
+const TRANSIENT_NODE_CODES = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
+  'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT'
+])
+
+/** True when retrying the same work later may succeed: the database was down, busy or deadlocked. */
+export function isTransientDbError (err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code
+    if (typeof code === 'string') {
+      if (TRANSIENT_NODE_CODES.has(code) || TRANSIENT_SQLSTATES.has(code)) return true
+      if (/^[0-9A-Z]{5}$/.test(code) && TRANSIENT_SQLSTATE_CLASSES.includes(code.slice(0, 2))) return true
+    }
+    if (e instanceof AggregateError && e.errors.some(isTransientDbError)) return true
+    e = (e as { cause?: unknown }).cause
+  }
+  return false
+}
+
+/** A loggable summary without query parameters (they hold message content). */
+export function describeDbError (err: unknown): { code?: string, message: string } {
+  let e: unknown = err
+  while (e instanceof Error && e.cause instanceof Error) e = e.cause
+  const code = (e as { code?: unknown }).code
+  return { ...(typeof code === 'string' ? { code } : {}), message: e instanceof Error ? e.message : String(e) }
+}

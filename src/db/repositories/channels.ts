@@ -1,0 +1,147 @@
+/**
+ * Channels and their members. A direct conversation between two users is one
+ * channel whose `direct_key` is the sorted pair, so it is found, never duplicated.
+ */
+import { and, asc, eq, inArray, sql } from 'drizzle-orm'
+import { channels, members } from '../../../drizzle/schema.js'
+import type { ChannelSummary } from '../../contracts/protocol.js'
+import { ClientError } from '../../errors.js'
+import type { Database } from '../client.js'
+
+export type ChannelsRepository = ReturnType<typeof createChannelsRepository>
+
+/** The stable key of the direct channel between two users (order does not matter). */
+export function directKey (a: string, b: string): string {
+  return JSON.stringify(a < b ? [a, b] : [b, a])
+}
+
+/** The other user of a direct channel (the user themself for a note-to-self channel). */
+export function peerOf (key: string, userId: string): string {
+  const [a, b] = JSON.parse(key) as [string, string]
+  return a === userId ? b : a
+}
+
+type ChannelRowLite = { id: string, kind: 'group' | 'direct', name: string, lastSeq: number, directKey: string | null }
+
+export function toSummary (row: ChannelRowLite, userId: string): ChannelSummary {
+  if (row.kind === 'direct' && row.directKey !== null) {
+    const peerId = peerOf(row.directKey, userId)
+    return { id: row.id, kind: 'direct', name: peerId, lastSeq: row.lastSeq, peerId }
+  }
+  return { id: row.id, kind: row.kind, name: row.name, lastSeq: row.lastSeq }
+}
+
+const summaryColumns = {
+  id: channels.id,
+  kind: channels.kind,
+  name: channels.name,
+  lastSeq: channels.lastSeq,
+  directKey: channels.directKey
+}
+
+export function createChannelsRepository (db: Database) {
+  return {
+    /** Every channel the user belongs to, oldest first. */
+    async listForUser (userId: string): Promise<ChannelSummary[]> {
+      const rows = await db.select(summaryColumns)
+        .from(members)
+        .innerJoin(channels, eq(channels.id, members.channelId))
+        .where(eq(members.userId, userId))
+        .orderBy(asc(channels.createdAt), asc(channels.id))
+      return rows.map((row) => toSummary(row, userId))
+    },
+
+    /** lastSeq of the given channels, for those the user belongs to. */
+    async seqsForUser (userId: string, channelIds: string[]): Promise<Record<string, number>> {
+      if (channelIds.length === 0) return {}
+      const rows = await db.select({ id: channels.id, lastSeq: channels.lastSeq })
+        .from(members)
+        .innerJoin(channels, eq(channels.id, members.channelId))
+        .where(and(eq(members.userId, userId), inArray(members.channelId, channelIds)))
+      return Object.fromEntries(rows.map((r) => [r.id, r.lastSeq]))
+    },
+
+    /** The channel, if `userId` is a member of it. */
+    async findForMember (channelId: string, userId: string): Promise<ChannelRowLite | undefined> {
+      const [row] = await db.select(summaryColumns)
+        .from(members)
+        .innerJoin(channels, eq(channels.id, members.channelId))
+        .where(and(eq(members.channelId, channelId), eq(members.userId, userId)))
+      return row
+    },
+
+    /** The direct channel between two users, if they have one. */
+    async findDirect (a: string, b: string): Promise<ChannelRowLite | undefined> {
+      const [row] = await db.select(summaryColumns).from(channels).where(eq(channels.directKey, directKey(a, b)))
+      return row
+    },
+
+    /** Creates a group whose members are the creator and `memberIds` (deduplicated). */
+    async createGroup (creatorId: string, name: string, memberIds: string[]): Promise<{ channel: ChannelSummary, memberIds: string[] }> {
+      const everyone = [...new Set([creatorId, ...memberIds])]
+      return await db.transaction(async (tx) => {
+        const [row] = await tx.insert(channels)
+          .values({ kind: 'group', name, createdBy: creatorId })
+          .returning(summaryColumns)
+        if (row === undefined) throw new Error('insert into channels returned no row')
+        for (let i = 0; i < everyone.length; i += 5000) {
+          await tx.insert(members).values(everyone.slice(i, i + 5000).map((userId) => ({ channelId: row.id, userId })))
+        }
+        return { channel: toSummary(row, creatorId), memberIds: everyone }
+      })
+    },
+
+    /**
+     * Removes the user from a group.
+     * @throws ClientError FORBIDDEN if not a member, VALIDATION for a direct channel
+     */
+    async leave (channelId: string, userId: string): Promise<void> {
+      const channel = await this.findForMember(channelId, userId)
+      if (channel === undefined) throw new ClientError('FORBIDDEN', 'not a member of this channel')
+      if (channel.kind === 'direct') throw new ClientError('VALIDATION', 'a direct conversation cannot be left')
+      await db.delete(members).where(and(eq(members.channelId, channelId), eq(members.userId, userId)))
+    },
+
+    /** Ensures the direct channels for these pairs exist; returns direct_key → channel id. */
+    async ensureDirect (pairs: Array<[string, string]>, tx: Database = db): Promise<Map<string, string>> {
+      const wanted = new Map<string, [string, string]>()
+      for (const [a, b] of pairs) wanted.set(directKey(a, b), a < b ? [a, b] : [b, a])
+      const ids = new Map<string, string>()
+      if (wanted.size === 0) return ids
+      const keys = [...wanted.keys()]
+      const found = await tx.select({ id: channels.id, key: channels.directKey }).from(channels).where(inArray(channels.directKey, keys))
+      for (const r of found) if (r.key !== null) ids.set(r.key, r.id)
+      const missing = keys.filter((k) => !ids.has(k))
+      if (missing.length > 0) {
+        // Another worker may create the same pair concurrently: DO NOTHING, then read back.
+        const created = await tx.insert(channels)
+          .values(missing.map((key) => ({ kind: 'direct' as const, directKey: key, createdBy: wanted.get(key)![0] })))
+          .onConflictDoNothing({ target: channels.directKey })
+          .returning({ id: channels.id, key: channels.directKey })
+        const newRows = created.filter((r) => r.key !== null).map((r) => ({ id: r.id, key: r.key! }))
+        if (newRows.length > 0) {
+          await tx.insert(members)
+            .values(newRows.flatMap(({ id, key }) => [...new Set(wanted.get(key)!)].map((userId) => ({ channelId: id, userId }))))
+            .onConflictDoNothing()
+        }
+        for (const r of newRows) ids.set(r.key, r.id)
+        const raced = missing.filter((k) => !ids.has(k))
+        if (raced.length > 0) {
+          const again = await tx.select({ id: channels.id, key: channels.directKey }).from(channels).where(inArray(channels.directKey, raced))
+          for (const r of again) if (r.key !== null) ids.set(r.key, r.id)
+        }
+      }
+      return ids
+    },
+
+    /** (channel, user) pairs among those given that are memberships, with the channel's kind and key. */
+    async memberships (pairs: Array<{ channelId: string, userId: string }>, tx: Database = db) {
+      if (pairs.length === 0) return []
+      const list = sql.join(pairs.map((p) => sql`(${p.channelId}::uuid, ${p.userId}::text)`), sql`, `)
+      return await tx.select({ channelId: members.channelId, userId: members.userId, kind: channels.kind, directKey: channels.directKey })
+        .from(members)
+        .innerJoin(channels, eq(channels.id, members.channelId))
+        .where(sql`(${members.channelId}, ${members.userId}) in (${list})`)
+    }
+  }
+}

@@ -1,0 +1,46 @@
+/**
+ * Turns deliveries from the gateway's queue into socket emits. Rooms make each
+ * emit reach every local socket that should see it exactly once: `c:{id}` holds the
+ * sockets of local channel members, `u:{id}` every socket of a user.
+ */
+import type { AsyncMessage } from 'rabbitmq-client'
+import type { Delivery } from '../contracts/envelopes.js'
+import type { Logger } from '../log.js'
+import type { GatewayMetrics } from './metrics.js'
+import type { Sessions } from './sessions.js'
+import { channelRoom, userRoom, type AppIo } from './types.js'
+
+export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: GatewayMetrics, log: Logger) {
+  return (msg: AsyncMessage): void => {
+    const d = msg.body as Delivery
+    if (d === null || typeof d !== 'object' || typeof d.t !== 'string') {
+      metrics.deliveries.inc({ type: 'malformed' })
+      log.warn({ routingKey: msg.routingKey }, 'dropped a malformed delivery')
+      return
+    }
+    metrics.deliveries.inc({ type: d.t })
+    switch (d.t) {
+      case 'message': {
+        const m = d.message
+        if (m.kind === 'group') io.to(channelRoom(m.channelId)).emit('message:new', m)
+        else io.to([userRoom(m.senderId), userRoom(m.toUserId ?? m.senderId)]).emit('message:new', m)
+        return
+      }
+      case 'typing':
+        if (d.kind === 'group') io.to(channelRoom(d.channelId)).except(userRoom(d.userId)).emit('typing', { channelId: d.channelId, userId: d.userId })
+        else if (d.peerId !== undefined) io.to(userRoom(d.peerId)).emit('typing', { channelId: d.channelId, userId: d.userId })
+        return
+      case 'joined':
+        void sessions.joined(d.userId, d.channel)
+        return
+      case 'left':
+        void sessions.left(d.userId, d.channelId)
+        return
+      case 'rejected':
+        io.to(userRoom(d.userId)).emit('message:rejected', { clientMsgId: d.clientMsgId, error: d.error })
+        return
+      default:
+        metrics.deliveries.inc({ type: 'unknown' })
+    }
+  }
+}

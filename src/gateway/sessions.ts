@@ -1,0 +1,200 @@
+/**
+ * Local users of this gateway and the channels they belong to. One reference on
+ * `user:{id}` per local user (not per socket) and one on `channel:{id}` per local
+ * member, so many sockets or many members cost one binding.
+ *
+ * Changes to a user's channels (session open, joined, left) run one at a time per
+ * user, so a `left` can never overtake the `joined` before it.
+ */
+import type { BindingManager } from '../broker/binding-manager.js'
+import { channelKey, userKey } from '../broker/topology.js'
+import type { WorkerRpc } from '../broker/rpc.js'
+import type { ChannelSummary, SessionReady } from '../contracts/protocol.js'
+import { ClientError } from '../errors.js'
+import type { Logger } from '../log.js'
+import { channelRoom, userRoom, type AppIo, type AppSocket } from './types.js'
+
+interface LocalUser {
+  id: string
+  sockets: Set<AppSocket>
+  channels: Map<string, ChannelSummary>
+  /** Tail of this user's serialized channel changes. */
+  tail: Promise<void>
+  /** Set once the first session.open answered. */
+  loaded: boolean
+}
+
+export interface SessionsOptions {
+  io: AppIo
+  bindings: BindingManager
+  rpc: WorkerRpc
+  serverId: string
+  log: Logger
+}
+
+export class Sessions {
+  readonly #users = new Map<string, LocalUser>()
+  readonly #ready = new WeakMap<AppSocket, Promise<boolean>>()
+  readonly #o: SessionsOptions
+  #sockets = 0
+
+  constructor (options: SessionsOptions) {
+    this.#o = options
+  }
+
+  get socketCount (): number { return this.#sockets }
+  get userCount (): number { return this.#users.size }
+
+  /**
+   * Registers a socket and starts its session; `session:ready` is emitted once its
+   * user key and every channel key are bound.
+   */
+  attach (socket: AppSocket): void {
+    const userId = socket.data.userId
+    let user = this.#users.get(userId)
+    if (user === undefined) {
+      user = { id: userId, sockets: new Set(), channels: new Map(), tail: Promise.resolve(), loaded: false }
+      this.#users.set(userId, user)
+      void this.#o.bindings.acquire(userKey(userId))
+    }
+    user.sockets.add(socket)
+    this.#sockets++
+    void socket.join(userRoom(userId))
+    this.#ready.set(socket, this.#open(user, socket).catch((err: unknown) => {
+      this.#o.log.error({ err, userId }, 'could not open a session')
+      const error = err instanceof ClientError ? err.toJSON() : { code: 'INTERNAL' as const, message: 'could not open the session' }
+      socket.emit('session:end', error)
+      socket.disconnect(true)
+      return false
+    }))
+  }
+
+  /** Resolves true once the socket's session is ready, false if it ended first. */
+  whenReady (socket: AppSocket): Promise<boolean> {
+    return this.#ready.get(socket) ?? Promise.resolve(false)
+  }
+
+  /** Forgets a socket; the last socket of a user releases the user's keys. */
+  detach (socket: AppSocket): void {
+    const user = this.#users.get(socket.data.userId)
+    if (user === undefined || !user.sockets.delete(socket)) return
+    this.#sockets--
+    if (user.sockets.size > 0) return
+    this.#users.delete(user.id)
+    this.#o.bindings.release(userKey(user.id))
+    for (const channel of user.channels.values()) {
+      if (channel.kind === 'group') this.#o.bindings.release(channelKey(channel.id))
+    }
+    user.channels.clear()
+  }
+
+  /** The user's channel, if this gateway knows them as a member. */
+  channelOf (userId: string, channelId: string): ChannelSummary | undefined {
+    return this.#users.get(userId)?.channels.get(channelId)
+  }
+
+  /** The user gained a channel: bind, join rooms, then tell the sockets. */
+  joined (userId: string, channel: ChannelSummary): Promise<void> {
+    return this.#serial(userId, async (user) => {
+      if (user.channels.has(channel.id)) {
+        user.channels.set(channel.id, { ...channel, lastSeq: Math.max(channel.lastSeq, user.channels.get(channel.id)!.lastSeq) })
+        return
+      }
+      user.channels.set(channel.id, channel)
+      if (channel.kind === 'group') {
+        const key = channelKey(channel.id)
+        await this.#o.bindings.acquire(key)
+        for (const socket of user.sockets) void socket.join(channelRoom(channel.id))
+      }
+      this.#o.io.to(userRoom(userId)).emit('channel:joined', { channel })
+    })
+  }
+
+  /** The user left a channel: leave rooms, release the key, tell the sockets. */
+  left (userId: string, channelId: string): Promise<void> {
+    return this.#serial(userId, async (user) => {
+      const channel = user.channels.get(channelId)
+      if (channel === undefined) return
+      user.channels.delete(channelId)
+      if (channel.kind === 'group') {
+        for (const socket of user.sockets) void socket.leave(channelRoom(channelId))
+        this.#o.bindings.release(channelKey(channelId))
+      }
+      this.#o.io.to(userRoom(userId)).emit('channel:left', { channelId })
+    })
+  }
+
+  #serial (userId: string, change: (user: LocalUser) => Promise<void>): Promise<void> {
+    const user = this.#users.get(userId)
+    if (user === undefined) return Promise.resolve()
+    const run = user.tail.then(() => this.#users.get(userId) === user ? change(user) : undefined)
+    user.tail = run.catch((err: unknown) => this.#o.log.error({ err, userId }, 'channel change failed'))
+    return user.tail
+  }
+
+  async #open (user: LocalUser, socket: AppSocket): Promise<boolean> {
+    const { bindings, rpc } = this.#o
+    await bindings.whenBound(userKey(user.id))
+    // Anything routed to channel keys bound after this instant may have been missed
+    // between the read below and the bind: those channels' lastSeq is read again.
+    const mark = bindings.now()
+    const opened = await this.#retry(socket, () => rpc.call({ op: 'session.open', userId: user.id }))
+    if (opened === undefined) return false
+    let channels: ChannelSummary[] = []
+    await this.#serial(user.id, async (u) => {
+      const first = !u.loaded
+      u.loaded = true
+      for (const channel of opened.channels) {
+        const known = u.channels.get(channel.id)
+        if (known === undefined) {
+          u.channels.set(channel.id, channel)
+          if (channel.kind === 'group') void bindings.acquire(channelKey(channel.id))
+        } else if (channel.lastSeq > known.lastSeq) {
+          known.lastSeq = channel.lastSeq
+        }
+      }
+      // Only a user's first session trusts the list for removals; later ones could race a `joined`.
+      if (first) {
+        const listed = new Set(opened.channels.map((c) => c.id))
+        for (const channel of [...u.channels.values()]) {
+          if (listed.has(channel.id)) continue
+          u.channels.delete(channel.id)
+          if (channel.kind === 'group') bindings.release(channelKey(channel.id))
+        }
+      }
+      channels = [...u.channels.values()]
+      if (socket.connected) {
+        for (const channel of channels) if (channel.kind === 'group') void socket.join(channelRoom(channel.id))
+      }
+    })
+    const groups = channels.filter((c) => c.kind === 'group')
+    await Promise.all(groups.map((c) => bindings.whenBound(channelKey(c.id))))
+    if (!socket.connected) return false
+    const late = groups.filter((c) => (bindings.boundSince(channelKey(c.id)) ?? Number.MAX_SAFE_INTEGER) > mark)
+    if (late.length > 0) {
+      const fresh = await this.#retry(socket, () => rpc.call({ op: 'channels.seq', userId: user.id, channelIds: late.map((c) => c.id) }))
+      if (fresh === undefined) return false
+      for (const c of late) {
+        const seq = fresh.seqs[c.id]
+        if (seq !== undefined && seq > c.lastSeq) c.lastSeq = seq
+      }
+    }
+    const ready: SessionReady = { userId: user.id, serverId: this.#o.serverId, channels: channels.map((c) => ({ ...c })) }
+    socket.emit('session:ready', ready)
+    return true
+  }
+
+  /** Retries a worker call while the socket stays connected; undefined if it went away. */
+  async #retry<T> (socket: AppSocket, call: () => Promise<T>): Promise<T | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      if (!socket.connected) return undefined
+      try {
+        return await call()
+      } catch (err) {
+        if (!(err instanceof ClientError) || err.code !== 'UNAVAILABLE') throw err
+        this.#o.log.warn({ userId: socket.data.userId, attempt }, 'worker unavailable while opening a session; retrying')
+        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)))
+      }
+    }
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * Opens the gateway's two AMQP connections (consume+bind, publish), the confirmed
+ * publisher to the incoming exchange and the RPC client to the worker. Closes them
+ * last (fastify runs onClose hooks in reverse order of registration).
+ */
+import fp from 'fastify-plugin'
+import type { Connection, Publisher } from 'rabbitmq-client'
+import type { Config } from '../config.js'
+import { openConnection } from '../broker/connection.js'
+import { ConfirmedPublisher } from '../broker/publisher.js'
+import { WorkerRpc } from '../broker/rpc.js'
+import { brokerNames, publisherTopology, type BrokerNames } from '../broker/topology.js'
+
+export interface GatewayBroker {
+  names: BrokerNames
+  consumeConnection: Connection
+  publishConnection: Connection
+  /** Confirmed, for writes (sends). */
+  publisher: ConfirmedPublisher
+  /** Unconfirmed, for ephemeral events (typing): losing one is fine, waiting is not. */
+  ephemeral: Publisher
+  rpc: WorkerRpc
+  /** Both connections are open and unblocked. */
+  connected: () => boolean
+}
+
+declare module 'fastify' {
+  interface FastifyInstance { broker: GatewayBroker }
+}
+
+export default fp<{ config: Config }>(async (app, { config }) => {
+  const names = brokerNames(config.BROKER_PREFIX)
+  const open = (purpose: string) => openConnection({
+    url: config.AMQP_URL,
+    name: `gateway:${config.SERVER_ID}:${purpose}`,
+    heartbeatSeconds: config.AMQP_HEARTBEAT_S,
+    log: app.log
+  })
+  const consumeConnection = open('consume')
+  const publishConnection = open('publish')
+  // Declaring the worker's queues here too means a send is never confirmed into an
+  // exchange with nothing behind it, even before the first worker starts.
+  const publisher = new ConfirmedPublisher(publishConnection, publisherTopology(names))
+  const ephemeral = publishConnection.createPublisher({ confirm: false })
+  const rpc = new WorkerRpc(publishConnection, names, config.RPC_TIMEOUT_MS)
+
+  app.decorate('broker', {
+    names,
+    consumeConnection,
+    publishConnection,
+    publisher,
+    ephemeral,
+    rpc,
+    connected: () => consumeConnection.ready && publishConnection.ready
+  })
+
+  app.addHook('onClose', async () => {
+    await Promise.allSettled([rpc.close(), publisher.close(), ephemeral.close()])
+    await Promise.allSettled([consumeConnection.close(), publishConnection.close()])
+  })
+}, { name: 'broker', fastify: '5.x' })

@@ -1,0 +1,98 @@
+/**
+ * The gateway proper: authenticates sockets, opens sessions, registers the client
+ * events and routes deliveries from the gateway queue to sockets.
+ */
+import fp from 'fastify-plugin'
+import type { Config } from '../config.js'
+import { createTokenVerifier } from '../gateway/auth.js'
+import { createDeliveryHandler } from '../gateway/deliveries.js'
+import type { GatewayContext } from '../gateway/context.js'
+import { registerHandlers } from '../gateway/handlers.js'
+import { createGatewayMetrics, type GatewayMetrics } from '../gateway/metrics.js'
+import { Sessions } from '../gateway/sessions.js'
+import { ClientError } from '../errors.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    sessions: Sessions
+    metrics: GatewayMetrics
+    /** The gateway is shutting down: unready, refusing new sockets. */
+    draining: () => boolean
+    /** Ready for traffic: broker up, queue consuming, every key bound, not draining. */
+    gatewayReady: () => boolean
+  }
+}
+
+export interface GatewayPluginOptions {
+  config: Config
+  /** Collect process-level default metrics. @default true */
+  defaultMetrics?: boolean
+}
+
+export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = true }) => {
+  const io = app.io
+  const log = app.log
+  const metrics = createGatewayMetrics({ server_id: config.SERVER_ID, region: config.FLY_REGION }, defaultMetrics)
+  const sessions = new Sessions({ io, bindings: app.bindings, rpc: app.broker.rpc, serverId: config.SERVER_ID, log })
+  const ctx: GatewayContext = { config, io, broker: app.broker, bindings: app.bindings, sessions, metrics, log }
+  const verify = createTokenVerifier(config)
+  let draining = false
+
+  const ready = () => !draining && app.broker.connected() && app.bindings.settled
+  metrics.setSources({ sockets: () => sessions.socketCount, users: () => sessions.userCount, bindings: () => app.bindings.stats(), ready, draining: () => draining })
+  app.bindings.on('operation', ({ op, durationMs }) => {
+    metrics.bindOps.inc({ op })
+    metrics.bindLatency.observe({ op }, durationMs / 1000)
+  })
+  app.bindings.on('rebound', ({ durationMs }) => metrics.rebind.observe(durationMs / 1000))
+  app.deliveries.handle = createDeliveryHandler(io, sessions, metrics, log)
+
+  io.use((socket, next) => {
+    if (draining) {
+      metrics.connections.inc({ outcome: 'refused' })
+      next(new Error('UNAVAILABLE'))
+      return
+    }
+    try {
+      const identity = verify((socket.handshake.auth as { token?: unknown } | undefined)?.token)
+      socket.data.userId = identity.userId
+      if (identity.exp !== undefined) socket.data.exp = identity.exp
+      next()
+    } catch (err) {
+      metrics.connections.inc({ outcome: 'unauthorized' })
+      next(new Error(err instanceof ClientError ? err.code : 'UNAUTHORIZED'))
+    }
+  })
+
+  io.on('connection', (socket) => {
+    metrics.connections.inc({ outcome: 'accepted' })
+    sessions.attach(socket)
+    registerHandlers(ctx, socket)
+    let expiry: NodeJS.Timeout | undefined
+    if (socket.data.exp !== undefined) {
+      const ms = socket.data.exp * 1000 - Date.now()
+      // setTimeout fires at once for delays over 2^31-1 ms; such tokens outlive any socket anyway.
+      if (ms <= 2_147_483_647) {
+        expiry = setTimeout(() => {
+          socket.emit('session:end', { code: 'TOKEN_EXPIRED', message: 'the token expired; reconnect with a new one' })
+          socket.disconnect(true)
+        }, Math.max(0, ms))
+      }
+    }
+    socket.on('disconnect', () => {
+      clearTimeout(expiry)
+      sessions.detach(socket)
+    })
+  })
+
+  app.decorate('sessions', sessions)
+  app.decorate('metrics', metrics)
+  app.decorate('draining', () => draining)
+  app.decorate('gatewayReady', ready)
+
+  // preClose: stop taking sockets, then end the ones we have (issue: graceful drain).
+  app.addHook('preClose', async () => {
+    draining = true
+    io.local.disconnectSockets(true)
+  })
+}, { name: 'gateway', fastify: '5.x', dependencies: ['broker', 'bindings', 'socket-io'] })

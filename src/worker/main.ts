@@ -1,0 +1,37 @@
+/**
+ * Worker entrypoint: `npm run worker` (node dist/src/worker/main.js).
+ */
+import { configOrExit, fatal } from '../entry.js'
+import { createLogger } from '../log.js'
+import { startStatusServer } from './status-server.js'
+import { startWorker } from './worker.js'
+
+const config = configOrExit('worker')
+const log = createLogger('worker', config.LOG_LEVEL)
+const worker = startWorker({ config, log })
+
+const server = await startStatusServer(worker, config.WORKER_PORT).catch((err: NodeJS.ErrnoException) => {
+  if (err.code === 'EADDRINUSE') fatal(`worker: port ${config.WORKER_PORT} is in use; set WORKER_PORT to a free port`)
+  throw err
+})
+log.info({ port: config.WORKER_PORT, serverId: config.SERVER_ID }, 'worker status endpoint listening')
+
+let stopping = false
+async function stop (signal: string): Promise<void> {
+  if (stopping) {
+    log.warn({ signal }, 'second signal: exiting now')
+    process.exit(1)
+  }
+  stopping = true
+  log.info({ signal }, 'worker received signal')
+  const deadline = setTimeout(() => {
+    log.error('worker did not stop in 25 s; exiting')
+    process.exit(1)
+  }, 25_000).unref()
+  await worker.close()
+  server.close()
+  clearTimeout(deadline)
+  process.exit(0)
+}
+process.on('SIGTERM', () => { void stop('SIGTERM') })
+process.on('SIGINT', () => { void stop('SIGINT') })

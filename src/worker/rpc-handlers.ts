@@ -1,0 +1,75 @@
+/**
+ * The worker's answers to gateway requests (reads and channel commands). Every
+ * request names the user it acts for; gateways take that id from the verified
+ * token, so membership is checked here against it.
+ */
+import { RpcRequestSchema, type Delivery, type RpcRequest, type RpcResponse, type RpcResults } from '../contracts/envelopes.js'
+import { compile } from '../contracts/validate.js'
+import type { ChannelsRepository } from '../db/repositories/channels.js'
+import type { MessagesRepository } from '../db/repositories/messages.js'
+import { describeDbError, isTransientDbError } from '../db/errors.js'
+import { ClientError } from '../errors.js'
+import type { Logger } from '../log.js'
+
+const validateRequest = compile(RpcRequestSchema)
+
+export interface RpcHandlerDeps {
+  channels: ChannelsRepository
+  messages: MessagesRepository
+  /** Publishes a control delivery (joined/left) with confirms. */
+  notify: (delivery: Delivery) => Promise<void>
+  maxChannelMembers: number
+  log: Logger
+  onDatabaseState: (up: boolean) => void
+}
+
+export function createRpcHandler (deps: RpcHandlerDeps) {
+  async function execute (req: RpcRequest): Promise<RpcResults[RpcRequest['op']]> {
+    switch (req.op) {
+      case 'session.open':
+      case 'channels.list':
+        return { channels: await deps.channels.listForUser(req.userId) }
+      case 'channels.seq':
+        return { seqs: await deps.channels.seqsForUser(req.userId, req.channelIds) }
+      case 'history.fetch':
+        return { messages: await deps.messages.history(req.userId, req) }
+      case 'channel.create': {
+        if (req.memberIds.length > deps.maxChannelMembers) {
+          throw new ClientError('VALIDATION', `a channel may name at most ${deps.maxChannelMembers} members`)
+        }
+        const { channel, memberIds } = await deps.channels.createGroup(req.userId, req.name, req.memberIds)
+        // Every member's gateways bind channel:{id} and tell their sockets. A failure here
+        // leaves the channel usable: members see it at their next session:ready.
+        await Promise.all(memberIds.map((userId) => deps.notify({ t: 'joined', userId, channel })))
+          .catch((err: unknown) => deps.log.warn({ err, channelId: channel.id }, 'could not announce a new channel'))
+        return { channel }
+      }
+      case 'channel.leave':
+        await deps.channels.leave(req.channelId, req.userId)
+        await deps.notify({ t: 'left', userId: req.userId, channelId: req.channelId })
+          .catch((err: unknown) => deps.log.warn({ err, channelId: req.channelId }, 'could not announce a channel leave'))
+        return {}
+    }
+  }
+
+  /** Never throws: every outcome is a response. */
+  return async function handle (body: unknown): Promise<{ op: string, response: RpcResponse }> {
+    const checked = validateRequest(body)
+    if (!checked.ok) return { op: 'invalid', response: { ok: false, error: { code: 'VALIDATION', message: checked.reason } } }
+    const req = checked.value
+    try {
+      const result = await execute(req)
+      deps.onDatabaseState(true)
+      return { op: req.op, response: { ok: true, result } }
+    } catch (err) {
+      if (err instanceof ClientError) return { op: req.op, response: { ok: false, error: err.toJSON() } }
+      if (isTransientDbError(err)) {
+        deps.onDatabaseState(false)
+        deps.log.warn({ err: describeDbError(err), op: req.op }, 'database unavailable for a request')
+        return { op: req.op, response: { ok: false, error: { code: 'UNAVAILABLE', message: 'storage is unavailable; retry shortly' } } }
+      }
+      deps.log.error({ err: describeDbError(err), op: req.op }, 'request failed')
+      return { op: req.op, response: { ok: false, error: { code: 'INTERNAL', message: 'internal error' } } }
+    }
+  }
+}

@@ -1,0 +1,166 @@
+/**
+ * The worker's write path: validate → persist a batch in one transaction → publish
+ * deliveries with confirms → ack. A message is acked only after its row is
+ * committed and its delivery confirmed.
+ *
+ * Failure policy:
+ * - malformed or unknown input (poison): dead-lettered with the reason, then acked;
+ * - the database is down or busy (transient): the batch is retried with backoff and
+ *   nothing is acked or dead-lettered meanwhile; the worker reports unready;
+ * - a row the database refuses for good: the batch is split to find it, and only that
+ *   message is dead-lettered;
+ * - deliveries cannot be published: the batch is requeued; on redelivery the rows
+ *   are found as duplicates and their deliveries published again.
+ */
+import type { AsyncMessage } from 'rabbitmq-client'
+import { ConsumerStatus } from 'rabbitmq-client'
+import { SendCommandSchema, type Delivery, type SendCommand } from '../contracts/envelopes.js'
+import { compile } from '../contracts/validate.js'
+import { deliveryEnvelope } from '../broker/deliveries.js'
+import type { ConfirmedPublisher } from '../broker/publisher.js'
+import { ConcurrentInsertError, type MessagesRepository, type PersistOutcome } from '../db/repositories/messages.js'
+import { describeDbError, isTransientDbError } from '../db/errors.js'
+import type { Logger } from '../log.js'
+import type { WorkerMetrics } from './metrics.js'
+
+const validateSend = compile(SendCommandSchema)
+
+export interface PendingSend {
+  msg: AsyncMessage
+  settle: (status: ConsumerStatus) => void
+}
+
+export interface SendPipelineOptions {
+  messages: MessagesRepository
+  publisher: ConfirmedPublisher
+  outgoingExchange: string
+  deadLetter: (msg: AsyncMessage, reason: string) => Promise<void>
+  maxContentChars: number
+  log: Logger
+  metrics: WorkerMetrics
+  /** Reports database health for readiness. */
+  onDatabaseState: (up: boolean) => void
+  /** True once shutdown began: stop retrying and hand messages back to the queue. */
+  isClosing: () => boolean
+  publishTimeoutMs?: number
+}
+
+type Valid = PendingSend & { command: SendCommand }
+
+export class SendPipeline {
+  readonly #o: SendPipelineOptions
+
+  constructor (options: SendPipelineOptions) {
+    this.#o = options
+  }
+
+  /** Processes one batch; settles every item exactly once. */
+  async run (items: PendingSend[]): Promise<void> {
+    this.#o.metrics.batchSize.observe(items.length)
+    const valid: Valid[] = []
+    await Promise.all(items.map(async (item) => {
+      const reason = this.#invalidReason(item.msg.body)
+      if (reason === undefined) {
+        valid.push({ ...item, command: item.msg.body as SendCommand })
+        return
+      }
+      await this.#poison(item, reason)
+    }))
+    if (valid.length > 0) await this.#persist(valid)
+  }
+
+  #invalidReason (body: unknown): string | undefined {
+    if (Buffer.isBuffer(body) || typeof body === 'string') return 'body is not JSON'
+    const checked = validateSend(body)
+    if (!checked.ok) return `invalid send command: ${checked.reason}`
+    const c = checked.value
+    if ((c.toUserId === undefined) === (c.channelId === undefined)) return 'invalid send command: exactly one of toUserId and channelId is required'
+    if (c.content.length > this.#o.maxContentChars) return `invalid send command: content longer than ${this.#o.maxContentChars} characters`
+    return undefined
+  }
+
+  async #poison (item: PendingSend, reason: string): Promise<void> {
+    try {
+      await this.#o.deadLetter(item.msg, reason)
+      this.#o.metrics.deadLettered.inc()
+      this.#o.log.warn({ reason, messageId: item.msg.messageId }, 'dead-lettered a message')
+      item.settle(ConsumerStatus.ACK)
+    } catch (err) {
+      // Could not park it: let the broker's own dead-lettering take it (queue DLX).
+      this.#o.log.error({ err, reason }, 'could not publish to the dead-letter exchange; dropping to the queue DLX')
+      item.settle(ConsumerStatus.DROP)
+    }
+  }
+
+  async #persist (batch: Valid[]): Promise<void> {
+    let outcomes: PersistOutcome[] | undefined
+    let attempt = 0
+    while (outcomes === undefined) {
+      const started = performance.now()
+      try {
+        outcomes = await this.#o.messages.persistBatch(batch.map((b) => b.command))
+        this.#o.metrics.dbLatency.observe((performance.now() - started) / 1000)
+        this.#o.onDatabaseState(true)
+      } catch (err) {
+        attempt++
+        if (err instanceof ConcurrentInsertError && attempt < 5) continue
+        if (isTransientDbError(err) || err instanceof ConcurrentInsertError) {
+          this.#o.onDatabaseState(false)
+          this.#o.metrics.retried.inc(batch.length)
+          if (this.#o.isClosing()) {
+            for (const b of batch) b.settle(ConsumerStatus.REQUEUE)
+            return
+          }
+          const delay = Math.min(5000, 100 * 2 ** Math.min(attempt, 6)) * (0.5 + Math.random() / 2)
+          this.#o.log.warn({ err: describeDbError(err), attempt, delayMs: Math.round(delay), batch: batch.length }, 'database unavailable; retrying the batch')
+          await new Promise((resolve) => setTimeout(resolve, delay))
+          continue
+        }
+        // The database refuses something in this batch for good: find it.
+        if (batch.length > 1) {
+          for (const one of batch) await this.#persist([one])
+          return
+        }
+        const reason = `database refused the message: ${describeDbError(err).message}`
+        await this.#poison(batch[0]!, reason)
+        return
+      }
+    }
+
+    const publishes: Array<Promise<void>> = []
+    batch.forEach((b, i) => {
+      const outcome = outcomes[i]!
+      const delivery = this.#deliveryFor(b, outcome)
+      if (outcome.status === 'stored') this.#o.metrics.persisted.inc()
+      else if (outcome.status === 'duplicate') this.#o.metrics.duplicates.inc()
+      else this.#o.metrics.rejected.inc()
+      if (delivery !== undefined) {
+        publishes.push(this.#o.publisher.publish(deliveryEnvelope(this.#o.outgoingExchange, delivery), delivery, this.#o.publishTimeoutMs ?? 10_000))
+      }
+    })
+    try {
+      await Promise.all(publishes)
+      this.#o.metrics.delivered.inc(publishes.length)
+    } catch (err) {
+      // Rows are committed; a redelivery finds them as duplicates and publishes again.
+      this.#o.log.warn({ err }, 'could not publish deliveries; requeueing the batch')
+      for (const b of batch) b.settle(ConsumerStatus.REQUEUE)
+      return
+    }
+    for (const b of batch) b.settle(ConsumerStatus.ACK)
+  }
+
+  #deliveryFor (b: Valid, outcome: PersistOutcome): Delivery | undefined {
+    switch (outcome.status) {
+      case 'stored':
+        return { t: 'message', message: outcome.message }
+      case 'duplicate':
+        // A client retry of a delivered message must not be delivered twice; a broker
+        // redelivery may follow a crash between commit and publish, so publish again
+        // (clients de-duplicate by id).
+        return b.msg.redelivered ? { t: 'message', message: outcome.message } : undefined
+      case 'rejected':
+        return { t: 'rejected', userId: b.command.senderId, clientMsgId: b.command.clientMsgId, error: outcome.error }
+    }
+  }
+}

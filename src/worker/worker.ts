@@ -1,0 +1,188 @@
+/**
+ * The persistence worker: consumes sends and RPC requests from RabbitMQ, writes to
+ * PostgreSQL, publishes deliveries to the outgoing exchange. Knows nothing of
+ * fastify or the gateway.
+ */
+import type { AsyncMessage, Connection, Consumer } from 'rabbitmq-client'
+import { ConsumerStatus } from 'rabbitmq-client'
+import type { Config } from '../config.js'
+import type { Delivery } from '../contracts/envelopes.js'
+import { openConnection } from '../broker/connection.js'
+import { deliveryEnvelope } from '../broker/deliveries.js'
+import { ConfirmedPublisher } from '../broker/publisher.js'
+import { brokerNames, consumerTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
+import { openDatabase, type DatabaseHandle } from '../db/client.js'
+import { createChannelsRepository } from '../db/repositories/channels.js'
+import { createMessagesRepository } from '../db/repositories/messages.js'
+import type { Logger } from '../log.js'
+import { Batcher } from './batcher.js'
+import { createWorkerMetrics, type WorkerMetrics } from './metrics.js'
+import { createRpcHandler } from './rpc-handlers.js'
+import { SendPipeline, type PendingSend } from './sends.js'
+
+export interface WorkerStatus {
+  ready: boolean
+  broker: 'up' | 'down'
+  database: 'up' | 'down'
+  closing: boolean
+  inFlight: number
+  serverId: string
+}
+
+export interface Worker {
+  readonly metrics: WorkerMetrics
+  status: () => WorkerStatus
+  /** Stops consuming, finishes and acks what it holds, requeues the rest, closes everything. Idempotent. */
+  close: () => Promise<void>
+}
+
+export interface WorkerOptions {
+  config: Config
+  log: Logger
+  /** For tests: an already-open database (e.g. PGlite) instead of DATABASE_URL. */
+  database?: DatabaseHandle
+  /** Collect process-level default metrics. @default true */
+  defaultMetrics?: boolean
+}
+
+export function startWorker ({ config, log, database, defaultMetrics = true }: WorkerOptions): Worker {
+  const names = brokerNames(config.BROKER_PREFIX)
+  const metrics = createWorkerMetrics({ server_id: config.SERVER_ID, region: config.FLY_REGION }, defaultMetrics)
+  const db = database ?? openDatabase({ url: config.DATABASE_URL, max: config.DB_POOL_MAX, applicationName: `chat-worker ${config.SERVER_ID}` })
+  const consumeConn: Connection = openConnection({ url: config.AMQP_URL, name: `worker:${config.SERVER_ID}:consume`, heartbeatSeconds: config.AMQP_HEARTBEAT_S, log })
+  const publishConn: Connection = openConnection({ url: config.AMQP_URL, name: `worker:${config.SERVER_ID}:publish`, heartbeatSeconds: config.AMQP_HEARTBEAT_S, log })
+  const publisher = new ConfirmedPublisher(publishConn, { exchanges: publisherTopology(names).exchanges })
+  const deadLetterPublisher = new ConfirmedPublisher(publishConn, publisherTopology(names))
+  const messages = createMessagesRepository(db.db)
+  const channels = createChannelsRepository(db.db)
+
+  let closing: Promise<void> | undefined
+  let databaseUp = true
+  const ready = { sends: false, rpc: false }
+  const onDatabaseState = (up: boolean) => {
+    databaseUp = up
+    metrics.databaseUp.set(up ? 1 : 0)
+  }
+  metrics.databaseUp.set(1)
+
+  const deadLetter = async (msg: AsyncMessage, reason: string) => {
+    const body = Buffer.isBuffer(msg.body) ? msg.body : Buffer.from(typeof msg.body === 'string' ? msg.body : JSON.stringify(msg.body))
+    await deadLetterPublisher.publish({
+      exchange: names.deadLetterExchange,
+      routingKey: ROUTE_DEAD,
+      durable: true,
+      mandatory: true,
+      contentType: msg.contentType,
+      messageId: msg.messageId,
+      headers: { ...msg.headers, 'x-chat-reason': reason.slice(0, 1000), 'x-chat-original-routing-key': msg.routingKey, 'x-chat-dead-lettered-at': new Date().toISOString() }
+    }, body, 10_000)
+  }
+
+  const pipeline = new SendPipeline({
+    messages,
+    publisher,
+    outgoingExchange: names.outgoing,
+    deadLetter,
+    maxContentChars: config.MAX_CONTENT_CHARS,
+    log,
+    metrics,
+    onDatabaseState,
+    isClosing: () => closing !== undefined
+  })
+  const batcher = new Batcher<PendingSend>({
+    max: config.WORKER_BATCH_MAX,
+    waitMs: config.WORKER_BATCH_WAIT_MS,
+    concurrency: 2,
+    run: (items) => pipeline.run(items),
+    onError: (err, items) => {
+      log.error({ err }, 'batch failed unexpectedly; requeueing it')
+      for (const item of items) item.settle(ConsumerStatus.REQUEUE)
+    }
+  })
+
+  const sends: Consumer = consumeConn.createConsumer({
+    ...consumerTopology(names, 'worker'),
+    qos: { prefetchCount: config.WORKER_PREFETCH },
+    concurrency: config.WORKER_PREFETCH,
+    requeue: true
+  }, (msg) => new Promise<ConsumerStatus>((resolve) => {
+    if (closing !== undefined) {
+      resolve(ConsumerStatus.REQUEUE)
+      return
+    }
+    let settled = false
+    batcher.add({ msg, settle: (status) => { if (!settled) { settled = true; resolve(status) } } })
+  }))
+
+  const handleRpc = createRpcHandler({
+    channels,
+    messages,
+    maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
+    log,
+    onDatabaseState,
+    notify: (delivery: Delivery) => publisher.publish(deliveryEnvelope(names.outgoing, delivery), delivery, 10_000)
+  })
+  const rpc: Consumer = consumeConn.createConsumer({
+    ...consumerTopology(names, 'rpc'),
+    qos: { prefetchCount: config.WORKER_RPC_CONCURRENCY * 2 },
+    concurrency: config.WORKER_RPC_CONCURRENCY,
+    requeue: false
+  }, async (msg, reply) => {
+    const started = performance.now()
+    const { op, response } = await handleRpc(msg.body)
+    metrics.rpc.inc({ op, outcome: response.ok ? 'ok' : response.error.code })
+    metrics.rpcLatency.observe({ op }, (performance.now() - started) / 1000)
+    if (msg.replyTo !== undefined) await reply(response)
+  })
+
+  const watch = (name: 'sends' | 'rpc', consumer: Consumer) => {
+    consumer.on('ready', () => {
+      ready[name] = true
+      metrics.brokerUp.set(ready.sends && ready.rpc ? 1 : 0)
+      log.info({ queue: consumer.queue }, `worker consuming ${name}`)
+    })
+    consumer.on('error', (err) => {
+      log.warn({ err }, `worker ${name} consumer error`)
+    })
+  }
+  watch('sends', sends)
+  watch('rpc', rpc)
+  consumeConn.on('error', () => {
+    ready.sends = false
+    ready.rpc = false
+    metrics.brokerUp.set(0)
+  })
+
+  const brokerUp = () => consumeConn.ready && ready.sends && ready.rpc && sends.queue !== '' && rpc.queue !== ''
+
+  async function shutdown (): Promise<void> {
+    log.info('worker stopping: finishing in-flight batches')
+    // Stop taking new messages first; handlers already running finish and ack.
+    for (const item of batcher.takeBuffered()) item.settle(ConsumerStatus.REQUEUE)
+    await Promise.all([sends.close(), rpc.close()])
+    await batcher.drain()
+    await Promise.all([publisher.close(), deadLetterPublisher.close()])
+    await Promise.all([consumeConn.close(), publishConn.close()])
+    if (database === undefined) await db.close()
+    log.info('worker stopped')
+  }
+
+  return {
+    metrics,
+    status: () => {
+      const broker = brokerUp() ? 'up' : 'down'
+      return {
+        ready: closing === undefined && broker === 'up' && databaseUp,
+        broker,
+        database: databaseUp ? 'up' : 'down',
+        closing: closing !== undefined,
+        inFlight: batcher.buffered + batcher.running,
+        serverId: config.SERVER_ID
+      }
+    },
+    close: () => {
+      closing ??= shutdown()
+      return closing
+    }
+  }
+}
