@@ -42,7 +42,6 @@ export const ConfigSchema = Type.Object({
 
   // Gateway
   PORT: Int('HTTP and Socket.IO port of a gateway (read by the fastify CLI as well).', 3000, 0, 65535),
-  HOST: Type.String({ description: 'Address a gateway listens on.', default: '0.0.0.0' }),
   JWT_SECRET: Type.String({
     description: 'HS256 secret that signs client tokens (claim `sub` = user id), at least 16 characters. Development default: a fixed insecure value. Required in production.',
     default: ''
@@ -72,7 +71,7 @@ export const ConfigSchema = Type.Object({
     default: ''
   }),
   DB_POOL_MAX: Int('Connections in the worker\'s PostgreSQL pool.', 10, 1, 1000),
-  WORKER_PREFETCH: Int('Unacked messages the worker holds; also the largest batch.', 500, 1, 65_535),
+  WORKER_PREFETCH: Int('Unacked messages the worker holds; bounds its memory and the batches in flight.', 500, 1, 65_535),
   WORKER_BATCH_MAX: Int('Most messages persisted in one transaction.', 250, 1, 10_000),
   WORKER_BATCH_WAIT_MS: Int('How long the worker waits to fill a batch.', 5, 0, 1000),
   WORKER_RPC_CONCURRENCY: Int('Reads and channel commands the worker serves at once.', 16, 1, 1000),
@@ -129,7 +128,7 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
       throw new ConfigError('JWT_SECRET is invalid: it must be at least 16 characters long')
     }
   }
-  if (role === 'worker' || role === 'migrate') {
+  if (role === 'worker' || role === 'migrate' || role === 'cluster') {
     needs('DATABASE_URL', 'by the worker and migrations (e.g. postgres://user:pass@host:5432/db)')
   }
   if (config.SERVER_ID === '') config.SERVER_ID = `${hostname().slice(0, 40)}-${randomBytes(4).toString('hex')}`

@@ -68,7 +68,10 @@ export function queueSpecs (n: BrokerNames): Record<'worker' | 'rpc' | 'deadLett
           'x-queue-type': 'quorum',
           'x-dead-letter-exchange': n.deadLetterExchange,
           'x-dead-letter-routing-key': ROUTE_DEAD,
-          'x-delivery-limit': WORKER_DELIVERY_LIMIT
+          'x-delivery-limit': WORKER_DELIVERY_LIMIT,
+          // One worker consumes at a time (the others stand by), so messages are stored
+          // in queue order and a sender's messages keep their order in seq.
+          'x-single-active-consumer': true
         }
       },
       bindings: [{ queue: n.workerQueue, exchange: n.incoming, routingKey: ROUTE_SEND }]

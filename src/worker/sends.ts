@@ -49,12 +49,23 @@ type Valid = PendingSend & { command: SendCommand }
 
 export class SendPipeline {
   readonly #o: SendPipelineOptions
+  readonly #publishing = new Set<Promise<void>>()
 
   constructor (options: SendPipelineOptions) {
     this.#o = options
   }
 
-  /** Processes one batch; settles every item exactly once. */
+  /** Resolves once every batch's deliveries are confirmed (or given back). */
+  async idle (): Promise<void> {
+    while (this.#publishing.size > 0) await Promise.allSettled([...this.#publishing])
+  }
+
+  /**
+   * Persists one batch and starts publishing its deliveries; resolves when the batch
+   * is committed, so the next batch can be persisted while this one's deliveries are
+   * confirmed. Batches must run one at a time: that keeps seq in queue order. Every
+   * item is settled exactly once.
+   */
   async run (items: PendingSend[]): Promise<void> {
     this.#o.metrics.batchSize.observe(items.length)
     const valid: Valid[] = []
@@ -127,6 +138,11 @@ export class SendPipeline {
       }
     }
 
+    const publishing = this.#publish(batch, outcomes).finally(() => this.#publishing.delete(publishing))
+    this.#publishing.add(publishing)
+  }
+
+  async #publish (batch: Valid[], outcomes: PersistOutcome[]): Promise<void> {
     const publishes: Array<Promise<void>> = []
     batch.forEach((b, i) => {
       const outcome = outcomes[i]!

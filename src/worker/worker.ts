@@ -92,7 +92,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   const batcher = new Batcher<PendingSend>({
     max: config.WORKER_BATCH_MAX,
     waitMs: config.WORKER_BATCH_WAIT_MS,
-    concurrency: 2,
+    // One batch at a time keeps seq in queue order; deliveries overlap the next batch.
+    concurrency: 1,
     run: (items) => pipeline.run(items),
     onError: (err, items) => {
       log.error({ err }, 'batch failed unexpectedly; requeueing it')
@@ -161,6 +162,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     for (const item of batcher.takeBuffered()) item.settle(ConsumerStatus.REQUEUE)
     await Promise.all([sends.close(), rpc.close()])
     await batcher.drain()
+    await pipeline.idle()
     await Promise.all([publisher.close(), deadLetterPublisher.close()])
     await Promise.all([consumeConn.close(), publishConn.close()])
     if (database === undefined) await db.close()

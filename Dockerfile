@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# Build: compile TypeScript with dev dependencies.
+FROM node:20-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+# .npmrc sets ignore-scripts: fastify-socket.io's "preinstall: npx only-allow pnpm" would fail.
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY drizzle ./drizzle
+COPY src ./src
+RUN npm run build
+
+# Production dependencies only.
+FROM node:20-bookworm-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci --omit=dev --no-audit --no-fund
+
+# Runtime: small, non-root.
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production FASTIFY_ADDRESS=0.0.0.0 PORT=8080
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY package.json ./
+COPY migrations ./migrations
+USER node
+EXPOSE 8080 9091
+# The gateway, exactly as `npm start`; fly.toml's [processes] runs the worker from the same image.
+CMD ["./node_modules/.bin/fastify", "start", "-l", "info", "-o", "dist/src/app.js"]

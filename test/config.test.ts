@@ -1,0 +1,51 @@
+import { readFileSync } from 'node:fs'
+import t from 'tap'
+import { ConfigError, ConfigSchema, loadConfig } from '../src/config.js'
+
+t.test('defaults give a working development gateway', async (t) => {
+  const c = loadConfig('gateway', {})
+  t.equal(c.AMQP_URL, 'amqp://guest:guest@127.0.0.1:5672')
+  t.equal(c.PORT, 3000)
+  t.equal(c.BROKER_PREFIX, 'chat')
+  t.ok(c.SERVER_ID.length > 0)
+  t.ok(c.JWT_SECRET.length >= 16)
+})
+
+t.test('numbers are parsed and checked', async (t) => {
+  t.equal(loadConfig('gateway', { PORT: '8080' }).PORT, 8080)
+  t.throws(() => loadConfig('gateway', { PORT: 'eighty' }), { name: 'ConfigError', message: /^PORT is invalid \("eighty"\): expected an integer from 0 to 65535$/ })
+  t.throws(() => loadConfig('gateway', { BIND_CHANNELS: '0' }), /BIND_CHANNELS is invalid/)
+  t.throws(() => loadConfig('gateway', { NODE_ENV: 'prod' }), /NODE_ENV is invalid \("prod"\): expected one of development, test, production/)
+  t.throws(() => loadConfig('gateway', { AMQP_URL: 'http://x' }), /AMQP_URL is invalid/)
+  t.throws(() => loadConfig('gateway', { BROKER_PREFIX: 'a b' }), /BROKER_PREFIX is invalid/)
+})
+
+t.test('production refuses development defaults, naming the setting', async (t) => {
+  t.throws(() => loadConfig('gateway', { NODE_ENV: 'production', JWT_SECRET: 'x'.repeat(32) }), { message: 'AMQP_URL is required in production' })
+  t.throws(() => loadConfig('gateway', { NODE_ENV: 'production', AMQP_URL: 'amqps://u:p@h/v' }), /^JWT_SECRET is required in production/)
+  t.throws(() => loadConfig('gateway', { JWT_SECRET: 'short' }), /JWT_SECRET is invalid: it must be at least 16 characters/)
+  t.throws(() => loadConfig('worker', {}), /^DATABASE_URL is required/)
+  t.ok(loadConfig('gateway', { NODE_ENV: 'production', AMQP_URL: 'amqps://u:p@h/v', JWT_SECRET: 'x'.repeat(32) }))
+})
+
+t.test('every error is one line', async (t) => {
+  try {
+    loadConfig('gateway', { GATEWAY_PREFETCH: '-1' })
+    t.fail('should throw')
+  } catch (err) {
+    t.type(err, ConfigError)
+    t.notMatch((err as Error).message, /\n/)
+  }
+})
+
+t.test('the README documents every setting of the schema, and no other', async (t) => {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+  const documented = new Set([...readme.matchAll(/^\| `([A-Z0-9_]+)` \|/gm)].map((m) => m[1]))
+  t.same([...documented].sort(), Object.keys(ConfigSchema.properties).sort())
+})
+
+t.test('nothing but src/config.ts reads process.env', async (t) => {
+  const { execFileSync } = await import('node:child_process')
+  const hits = execFileSync('grep', ['-rln', 'process\\.env', 'src'], { cwd: new URL('..', import.meta.url) }).toString().trim().split('\n')
+  t.same(hits, ['src/config.ts'])
+})

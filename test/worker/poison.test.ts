@@ -1,0 +1,49 @@
+/**
+ * Messages the worker can never process are parked in the dead-letter queue with a
+ * reason, counted, and never block the messages behind them.
+ */
+import { randomUUID } from 'node:crypto'
+import t from 'tap'
+import { Connection } from 'rabbitmq-client'
+import { createDatabase, createVhost, sqlClient } from '../helpers/services.js'
+import { startTestWorker, waitUntil } from '../helpers/system.js'
+
+const { url: amqpUrl } = await createVhost(t)
+const databaseUrl = await createDatabase(t)
+const sql = sqlClient(t, databaseUrl)
+const worker = await startTestWorker(t, { amqpUrl, databaseUrl })
+
+const rabbit = new Connection(amqpUrl)
+t.teardown(() => rabbit.close())
+const pub = rabbit.createPublisher({ confirm: true })
+t.teardown(() => pub.close())
+const send = (body: unknown, contentType = 'application/json') =>
+  pub.send({ exchange: 'chat.incoming', routingKey: 'message.send', durable: true, contentType }, typeof body === 'string' ? Buffer.from(body) : body)
+
+t.test('malformed, unknown and invalid sends are dead-lettered with a reason; good ones behind them are stored', async (t) => {
+  const good = randomUUID()
+  await send('{"v":1,"senderId":', 'application/json') // truncated JSON
+  await send('plain text', 'text/plain')
+  await send({ v: 2, senderId: 'a', clientMsgId: randomUUID(), content: 'future', toUserId: 'b' })
+  await send({ v: 1, senderId: 'a', clientMsgId: 'not-a-uuid', content: 'x', toUserId: 'b' })
+  await send({ v: 1, senderId: 'a', clientMsgId: randomUUID(), content: 'both', toUserId: 'b', channelId: randomUUID() })
+  await send({ v: 1, senderId: 'a', clientMsgId: randomUUID(), content: 'nul \u0000 byte', toUserId: 'b' })
+  await send({ v: 1, senderId: 'a', clientMsgId: randomUUID(), content: 'x'.repeat(5000), toUserId: 'b' })
+  await send({ v: 1, senderId: 'a', clientMsgId: good, content: 'fine', toUserId: 'b' })
+
+  const dead: Array<{ reason: string, body: string }> = []
+  const dlq = rabbit.createConsumer({ queue: 'chat.dead-letter', queueOptions: { passive: true } }, (msg) => {
+    dead.push({ reason: String(msg.headers?.['x-chat-reason']), body: Buffer.isBuffer(msg.body) ? msg.body.toString() : JSON.stringify(msg.body) })
+  })
+  t.teardown(() => dlq.close())
+  await waitUntil(() => dead.length >= 7, 10_000, 'seven dead letters')
+  t.equal(dead.length, 7)
+  t.match(dead.map((d) => d.reason), [
+    /not JSON/, /not JSON/, /invalid send command: v/, /clientMsgId/, /exactly one of toUserId and channelId/, /content/, /longer than 4000/
+  ])
+  await waitUntil(async () => (await sql`select 1 from messages where client_msg_id = ${good}`).length === 1, 10_000, 'good message stored')
+  const metrics = await worker.metrics.registry.getSingleMetricAsString('chat_worker_messages_dead_lettered_total')
+  t.match(metrics, /chat_worker_messages_dead_lettered_total\{[^}]*\} 7/)
+  const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from messages`
+  t.equal(n, 1, 'nothing else was stored')
+})
