@@ -44,7 +44,9 @@ const children: Child[] = []
 let stopping = false
 
 function start (name: string, url: string, args: string[], env: Record<string, string>): void {
-  const proc = spawn(process.execPath, args, { cwd: ROOT, env: childEnv({ LOG_LEVEL: 'warn', ...env }), stdio: ['ignore', 'inherit', 'inherit'] })
+  // Own process group: a terminal's Ctrl-C reaches only us, and we stop the children
+  // one signal each (a second signal would skip their graceful drain).
+  const proc = spawn(process.execPath, args, { cwd: ROOT, env: childEnv({ LOG_LEVEL: 'warn', ...env }), stdio: ['ignore', 'inherit', 'inherit'], detached: true })
   children.push({ name, url, proc })
   proc.on('exit', (code, signal) => {
     if (stopping) return
@@ -101,5 +103,8 @@ async function stop (code: number): Promise<void> {
   }))
   process.exit(code)
 }
+process.on('exit', () => {
+  for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL')
+})
 process.on('SIGINT', () => { void stop(0) })
 process.on('SIGTERM', () => { void stop(0) })

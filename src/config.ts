@@ -64,6 +64,9 @@ export const ConfigSchema = Type.Object({
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),
 
+  DEMO_ENABLED: Type.Boolean({ description: 'Serve the demo chat page at `/`. Off unless set; never needed in production.', default: false }),
+  DEV_TOKENS_ENABLED: Type.Boolean({ description: 'Enable `POST /dev/token`, which signs a token for any user name: for the demo and local testing only. Off unless set.', default: false }),
+
   // Worker
   DATABASE_URL: Type.String({
     description: 'PostgreSQL URL used by the worker and `npm run db:migrate`. Required by the worker.',
