@@ -42,6 +42,11 @@ export const ConfigSchema = Type.Object({
 
   // Gateway
   PORT: Int('HTTP and Socket.IO port of a gateway (read by the fastify CLI as well).', 3000, 0, 65535),
+  METRICS_PORT: Int('Port of a separate HTTP listener for /metrics (keep it off the public port in production); 0 serves /metrics on PORT.', 0, 0, 65535),
+  DRAIN_WINDOW_MS: Int('On SIGTERM/SIGINT, sockets are told to reconnect elsewhere and disconnected at random moments spread over this window. Keep it below the fastify CLI grace delay (-g).', 5000, 0, 300_000),
+  GATEWAY_MAX_SOCKETS: Int('Hard cap of sockets on one gateway; beyond it connections are refused (connect_error UNAVAILABLE).', 15_000, 1, 1_000_000),
+  GATEWAY_READY_SOCKETS: Int('Above this many sockets /ready answers 503 so the load balancer sends new clients elsewhere; 0 means 90% of GATEWAY_MAX_SOCKETS.', 0, 0, 1_000_000),
+  USER_MAX_SOCKETS: Int('Most simultaneous sockets of one user on one gateway; beyond it connections are refused (connect_error RATE_LIMITED).', 20, 1, 10_000),
   JWT_SECRET: Type.String({
     description: 'HS256 secret that signs client tokens (claim `sub` = user id), at least 16 characters. Development default: a fixed insecure value. Required in production.',
     default: ''

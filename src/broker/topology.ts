@@ -4,7 +4,7 @@
  * (a mismatch would be a PRECONDITION_FAILED), so whichever starts first creates it
  * and a send is never confirmed into an exchange with no queue behind it.
  */
-import type { Cmd, MethodParams } from 'rabbitmq-client'
+import type { Cmd, Connection, MethodParams } from 'rabbitmq-client'
 
 export type BrokerNames = ReturnType<typeof brokerNames>
 
@@ -109,4 +109,17 @@ export function consumerTopology (n: BrokerNames, which: 'worker' | 'rpc') {
     exchanges: exchangeDeclarations(n),
     queueBindings: spec.bindings
   }
+}
+
+/**
+ * Declares the whole durable topology now. Publishers declare it lazily, at their
+ * first publish; the worker calls this whenever it (re)connects so that the
+ * dead-letter queue exists before the broker's own dead-lettering (delivery limit)
+ * might need it — a dead-letter exchange with no queue drops messages silently.
+ */
+export async function declareTopology (connection: Connection, n: BrokerNames): Promise<void> {
+  const t = publisherTopology(n)
+  for (const e of t.exchanges) await connection.exchangeDeclare(e)
+  for (const q of t.queues) await connection.queueDeclare(q)
+  for (const b of t.queueBindings) await connection.queueBind(b)
 }

@@ -111,6 +111,10 @@ export interface ServerToClientEvents {
   'channel:joined': (joined: { channel: ChannelSummary }) => void
   'channel:left': (left: { channelId: string }) => void
   'typing': (typing: { channelId: string, userId: string }) => void
-  /** Sent before the server ends a socket on purpose (TOKEN_EXPIRED, drain). */
+  /**
+   * The server ends this socket on purpose. TOKEN_EXPIRED: at once, reconnect with a
+   * new token. DRAINING: the server is shutting down and disconnects the socket after
+   * reconnectInMs; reconnect (elsewhere) then, or earlier.
+   */
   'session:end': (end: { code: string, message: string, reconnectInMs?: number }) => void
 }

@@ -88,6 +88,11 @@ export class Sessions {
     user.channels.clear()
   }
 
+  /** Sockets the user has on this gateway. */
+  socketsOf (userId: string): number {
+    return this.#users.get(userId)?.sockets.size ?? 0
+  }
+
   /** The user's channel, if this gateway knows them as a member. */
   channelOf (userId: string, channelId: string): ChannelSummary | undefined {
     return this.#users.get(userId)?.channels.get(channelId)

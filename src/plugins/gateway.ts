@@ -6,6 +6,7 @@ import fp from 'fastify-plugin'
 import type { Config } from '../config.js'
 import { createTokenVerifier } from '../gateway/auth.js'
 import { createDeliveryHandler } from '../gateway/deliveries.js'
+import { drainSockets } from '../gateway/drain.js'
 import type { GatewayContext } from '../gateway/context.js'
 import { registerHandlers } from '../gateway/handlers.js'
 import { createGatewayMetrics, type GatewayMetrics } from '../gateway/metrics.js'
@@ -38,7 +39,8 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   const verify = createTokenVerifier(config)
   let draining = false
 
-  const ready = () => !draining && app.broker.connected() && app.bindings.settled
+  const readySockets = config.GATEWAY_READY_SOCKETS > 0 ? config.GATEWAY_READY_SOCKETS : Math.floor(config.GATEWAY_MAX_SOCKETS * 0.9)
+  const ready = () => !draining && sessions.socketCount < readySockets && app.broker.connected() && app.bindings.settled
   metrics.setSources({ sockets: () => sessions.socketCount, users: () => sessions.userCount, bindings: () => app.bindings.stats(), ready, draining: () => draining })
   app.bindings.on('operation', ({ op, durationMs }) => {
     metrics.bindOps.inc({ op })
@@ -53,8 +55,18 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
       next(new Error('UNAVAILABLE'))
       return
     }
+    if (sessions.socketCount >= config.GATEWAY_MAX_SOCKETS) {
+      metrics.connections.inc({ outcome: 'refused' })
+      next(new Error('UNAVAILABLE'))
+      return
+    }
     try {
       const identity = verify((socket.handshake.auth as { token?: unknown } | undefined)?.token)
+      if (sessions.socketsOf(identity.userId) >= config.USER_MAX_SOCKETS) {
+        metrics.connections.inc({ outcome: 'refused' })
+        next(new Error('RATE_LIMITED'))
+        return
+      }
       socket.data.userId = identity.userId
       if (identity.exp !== undefined) socket.data.exp = identity.exp
       next()
@@ -90,9 +102,10 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   app.decorate('draining', () => draining)
   app.decorate('gatewayReady', ready)
 
-  // preClose: stop taking sockets, then end the ones we have (issue: graceful drain).
+  // Unready at once, refuse new sockets, move the ones we have elsewhere over the
+  // drain window; onClose hooks then close the consumer and connections in order.
   app.addHook('preClose', async () => {
     draining = true
-    io.local.disconnectSockets(true)
+    await drainSockets(io, config.DRAIN_WINDOW_MS, log)
   })
 }, { name: 'gateway', fastify: '5.x', dependencies: ['broker', 'bindings', 'socket-io'] })

@@ -1,11 +1,13 @@
 /**
- * Probes. /health: the process and its event loop answer. /ready: this gateway can
- * take traffic — broker connected, its queue consuming, every key it should hold
- * bound, not draining. A gateway whose subscriptions died with a reconnect is never
- * "green but deaf": it is unready until every binding is back.
+ * Probes and metrics. /health: the process and its event loop answer. /ready: this
+ * gateway can take traffic — broker connected, its queue consuming, every key it
+ * should hold bound, not draining, under its socket limit. A gateway whose
+ * subscriptions died with a reconnect is never "green but deaf": it is unready until
+ * every binding is back. /metrics moves to METRICS_PORT when that is set.
  */
 import type { FastifyPluginAsync } from 'fastify'
 import type { Config } from '../config.js'
+import { json, startStatusServer } from '../http/status-server.js'
 
 const routes: FastifyPluginAsync<{ config: Config }> = async (app, { config }) => {
   const figures = () => {
@@ -26,6 +28,7 @@ const routes: FastifyPluginAsync<{ config: Config }> = async (app, { config }) =
       uptimeSeconds: Math.round(process.uptime())
     }
   }
+  const metrics = async () => ({ status: 200, contentType: app.metrics.registry.contentType, body: await app.metrics.registry.metrics() })
 
   app.get('/health', async () => ({ ok: true, serverId: config.SERVER_ID, uptimeSeconds: Math.round(process.uptime()) }))
 
@@ -34,10 +37,18 @@ const routes: FastifyPluginAsync<{ config: Config }> = async (app, { config }) =
     return await reply.code(ready ? 200 : 503).send({ ready, ...figures() })
   })
 
-  app.get('/metrics', async (_req, reply) => {
-    const text = await app.metrics.registry.metrics()
-    return await reply.type(app.metrics.registry.contentType).send(text)
-  })
+  if (config.METRICS_PORT === 0) {
+    app.get('/metrics', async (_req, reply) => {
+      const m = await metrics()
+      return await reply.type(m.contentType).send(m.body)
+    })
+  } else {
+    const server = await startStatusServer(config.METRICS_PORT, '0.0.0.0', {
+      '/metrics': metrics,
+      '/ready': () => json(app.gatewayReady() ? 200 : 503, { ready: app.gatewayReady(), ...figures() })
+    })
+    app.addHook('onClose', async () => { await new Promise((resolve) => server.close(resolve)) })
+  }
 }
 
 export default routes

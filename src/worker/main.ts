@@ -3,14 +3,21 @@
  */
 import { configOrExit, fatal } from '../entry.js'
 import { createLogger } from '../log.js'
-import { startStatusServer } from './status-server.js'
+import { json, startStatusServer } from '../http/status-server.js'
 import { startWorker } from './worker.js'
 
 const config = configOrExit('worker')
 const log = createLogger('worker', config.LOG_LEVEL)
 const worker = startWorker({ config, log })
 
-const server = await startStatusServer(worker, config.WORKER_PORT).catch((err: NodeJS.ErrnoException) => {
+const server = await startStatusServer(config.WORKER_PORT, '0.0.0.0', {
+  '/health': () => json(200, { ok: true, serverId: config.SERVER_ID, uptimeSeconds: Math.round(process.uptime()) }),
+  '/ready': () => {
+    const status = worker.status()
+    return json(status.ready ? 200 : 503, status)
+  },
+  '/metrics': async () => ({ status: 200, contentType: worker.metrics.registry.contentType, body: await worker.metrics.registry.metrics() })
+}).catch((err: NodeJS.ErrnoException) => {
   if (err.code === 'EADDRINUSE') fatal(`worker: port ${config.WORKER_PORT} is in use; set WORKER_PORT to a free port`)
   throw err
 })

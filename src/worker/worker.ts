@@ -10,7 +10,7 @@ import type { Delivery } from '../contracts/envelopes.js'
 import { openConnection } from '../broker/connection.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
-import { brokerNames, consumerTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
+import { brokerNames, consumerTopology, declareTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
 import { openDatabase, type DatabaseHandle } from '../db/client.js'
 import { createChannelsRepository } from '../db/repositories/channels.js'
 import { createMessagesRepository } from '../db/repositories/messages.js'
@@ -146,6 +146,9 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       log.warn({ err }, `worker ${name} consumer error`)
     })
   }
+  sends.on('ready', () => {
+    declareTopology(consumeConn, names).catch((err: unknown) => log.warn({ err }, 'could not declare the dead-letter topology'))
+  })
   watch('sends', sends)
   watch('rpc', rpc)
   consumeConn.on('error', () => {

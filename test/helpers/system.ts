@@ -29,6 +29,7 @@ export function testConfig (role: 'gateway' | 'worker', env: Env, extra: Record<
     JWT_SECRET,
     UNBIND_GRACE_MS: '0',
     AMQP_HEARTBEAT_S: '5',
+    DRAIN_WINDOW_MS: '0',
     WORKER_PORT: '0',
     ...extra
   })
@@ -102,6 +103,7 @@ function baseEnv (env: Env, extra: Record<string, string>): Record<string, strin
     JWT_SECRET,
     UNBIND_GRACE_MS: '0',
     AMQP_HEARTBEAT_S: '5',
+    DRAIN_WINDOW_MS: '0',
     ...extra
   }
 }
@@ -109,7 +111,7 @@ function baseEnv (env: Env, extra: Record<string, string>): Record<string, strin
 /** A gateway started exactly as `npm start` does: the fastify CLI on the compiled app. */
 export async function spawnGateway (t: Test, env: Env, extra: Record<string, string> = {}): Promise<Proc & { url: string, port: number }> {
   const port = await freePort()
-  const proc = spawnProcess(t, process.execPath, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-a', '127.0.0.1', '-o', 'dist/src/app.js'], { ...baseEnv(env, extra), PORT: String(port) })
+  const proc = spawnProcess(t, process.execPath, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-g', '15000', '-a', '127.0.0.1', '-o', 'dist/src/app.js'], { ...baseEnv(env, extra), PORT: String(port) })
   const url = `http://127.0.0.1:${port}`
   await waitUntil(async () => {
     if (proc.child.exitCode !== null) throw new Error(`gateway exited: ${proc.output()}`)
