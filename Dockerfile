@@ -27,4 +27,6 @@ COPY migrations ./migrations
 USER node
 EXPOSE 8080 9091
 # The gateway, exactly as `npm start`; fly.toml's [processes] runs the worker from the same image.
+# FASTIFY_CLOSE_GRACE_DELAY must exceed DRAIN_WINDOW_MS (both set in fly.toml; defaults 15 s here).
+ENV FASTIFY_CLOSE_GRACE_DELAY=15000
 CMD ["./node_modules/.bin/fastify", "start", "-l", "info", "-o", "dist/src/app.js"]
