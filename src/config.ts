@@ -62,6 +62,8 @@ export const ConfigSchema = Type.Object({
   MAX_CHANNEL_MEMBERS: Int('Most members a channel:create may name.', 1000, 1, 100_000),
   SOCKET_RATE_PER_SEC: Int('Events per second a socket may send on average (token bucket); beyond it acks say RATE_LIMITED.', 20, 1, 100_000),
   SOCKET_RATE_BURST: Int('Events a socket may send in a burst before the rate limit applies.', 40, 1, 100_000),
+  SOCKET_MAX_PENDING_PACKETS: Int('Packets a socket may have waiting to be written before it counts as a slow consumer and is disconnected.', 2000, 10, 1_000_000),
+  SOCKET_MAX_BUFFER_BYTES: Int('Bytes a socket may have waiting in its WebSocket before it counts as a slow consumer and is disconnected.', 2_097_152, 16_384, 1_073_741_824),
   BIND_CHANNELS: Int('AMQP channels used in parallel for bind/unbind (one RPC in flight per channel).', 8, 1, 64),
   UNBIND_GRACE_MS: Int('Delay before a key whose last local user left is unbound; absorbs reconnect flaps.', 2000, 0, 600_000),
   GATEWAY_PREFETCH: Int('Unacked deliveries a gateway takes from its queue at once.', 1000, 1, 65_535),

@@ -10,7 +10,22 @@ import type { GatewayMetrics } from './metrics.js'
 import type { Sessions } from './sessions.js'
 import { channelRoom, userRoom, type AppIo } from './types.js'
 
+/**
+ * Message ids this gateway emitted lately. A worker that crashed after publishing but
+ * before acking publishes the batch again on redelivery; sockets must not see those
+ * messages twice.
+ */
+const RECENT_IDS = 100_000
+
 export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: GatewayMetrics, log: Logger) {
+  const recent = new Set<string>()
+  const firstTime = (id: string): boolean => {
+    if (recent.has(id)) return false
+    recent.add(id)
+    // Sets iterate in insertion order: drop the oldest.
+    if (recent.size > RECENT_IDS) recent.delete(recent.values().next().value as string)
+    return true
+  }
   return (msg: AsyncMessage): void => {
     const d = msg.body as Delivery
     if (d === null || typeof d !== 'object' || typeof d.t !== 'string') {
@@ -22,6 +37,10 @@ export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: G
     switch (d.t) {
       case 'message': {
         const m = d.message
+        if (!firstTime(m.id)) {
+          metrics.deliveries.inc({ type: 'duplicate' })
+          return
+        }
         if (m.kind === 'group') io.to(channelRoom(m.channelId)).emit('message:new', m)
         else io.to([userRoom(m.senderId), userRoom(m.toUserId ?? m.senderId)]).emit('message:new', m)
         return

@@ -15,6 +15,7 @@ import { createRateLimiter, handle } from './handle.js'
 import type { AppSocket } from './types.js'
 
 const DEFAULT_HISTORY_LIMIT = 50
+const KNOWN_EVENTS = new Set(['message:send', 'channel:create', 'channel:leave', 'history:fetch', 'channels:list', 'typing'])
 
 export function registerHandlers (ctx: GatewayContext, socket: AppSocket): void {
   const { config, broker, sessions } = ctx
@@ -26,6 +27,17 @@ export function registerHandlers (ctx: GatewayContext, socket: AppSocket): void 
     return channel
   }
 
+  // Events outside the protocol get a coded answer (when they carry an ack) and count
+  // against the same rate limit.
+  socket.onAny((event: unknown, ...args: unknown[]) => {
+    if (typeof event === 'string' && KNOWN_EVENTS.has(event)) return
+    ctx.metrics.events.inc({ event: 'unknown' })
+    const ack = args.at(-1)
+    const code = allow() ? 'VALIDATION' : 'RATE_LIMITED'
+    ctx.metrics.errors.inc({ event: 'unknown', code })
+    if (typeof ack === 'function') ack({ ok: false, error: { code, message: 'unknown event' } })
+  })
+
   handle(ctx, socket, allow, 'message:send', MessageSendSchema, async (p) => {
     if ((p.toUserId === undefined) === (p.channelId === undefined)) {
       throw new ClientError('VALIDATION', 'give exactly one of toUserId and channelId')
@@ -34,6 +46,8 @@ export function registerHandlers (ctx: GatewayContext, socket: AppSocket): void 
       throw new ClientError('VALIDATION', `content is longer than ${config.MAX_CONTENT_CHARS} characters`)
     }
     if (p.channelId !== undefined) memberOf(p.channelId)
+    // Under a broker alarm, holding sends in memory would only grow the gateway; refuse now.
+    if (broker.blocked()) throw new ClientError('UNAVAILABLE', 'the broker is refusing new messages; retry later with the same clientMsgId')
     const command: SendCommand = {
       v: ENVELOPE_VERSION,
       senderId: userId,

@@ -57,6 +57,7 @@ export function createGatewayMetrics (labels: { server_id: string, region: strin
     events: new Counter({ name: 'chat_gateway_events_total', help: 'Client events received, by event.', labelNames: ['event'] as const, registers }),
     errors: new Counter({ name: 'chat_gateway_event_errors_total', help: 'Client events answered with an error, by event and code.', labelNames: ['event', 'code'] as const, registers }),
     publishConfirm: new Histogram({ name: 'chat_gateway_publish_confirm_seconds', help: 'Time from publish to broker confirm of a send.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),
+    slowConsumers: new Counter({ name: 'chat_gateway_slow_consumers_total', help: 'Sockets cut because they did not read their messages (write backlog over the limit).', registers }),
     connections: new Counter({ name: 'chat_gateway_connections_total', help: 'Socket connections, by outcome (accepted, unauthorized, refused).', labelNames: ['outcome'] as const, registers })
   }
 }

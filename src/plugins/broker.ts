@@ -20,8 +20,10 @@ export interface GatewayBroker {
   /** Unconfirmed, for ephemeral events (typing): losing one is fine, waiting is not. */
   ephemeral: Publisher
   rpc: WorkerRpc
-  /** Both connections are open and unblocked. */
+  /** Both connections are open (the publishing one may be blocked by an alarm). */
   connected: () => boolean
+  /** The broker blocked publishing (memory or disk alarm): sends are refused at once. */
+  blocked: () => boolean
 }
 
 declare module 'fastify' {
@@ -42,6 +44,11 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   // exchange with nothing behind it, even before the first worker starts.
   const publisher = new ConfirmedPublisher(publishConnection, publisherTopology(names))
   const ephemeral = publishConnection.createPublisher({ confirm: false })
+  let blocked = false
+  publishConnection.on('connection.blocked', () => { blocked = true })
+  publishConnection.on('connection.unblocked', () => { blocked = false })
+  // A new connection starts unblocked; the broker re-sends connection.blocked if the alarm persists.
+  publishConnection.on('connection', () => { blocked = false })
   const rpc = new WorkerRpc(publishConnection, names, config.RPC_TIMEOUT_MS)
 
   app.decorate('broker', {
@@ -51,7 +58,8 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     publisher,
     ephemeral,
     rpc,
-    connected: () => consumeConnection.ready && publishConnection.ready
+    connected: () => consumeConnection.ready && (publishConnection.ready || blocked),
+    blocked: () => blocked
   })
 
   app.addHook('onClose', async () => {

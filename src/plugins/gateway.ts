@@ -7,6 +7,7 @@ import type { Config } from '../config.js'
 import { createTokenVerifier } from '../gateway/auth.js'
 import { createDeliveryHandler } from '../gateway/deliveries.js'
 import { drainSockets } from '../gateway/drain.js'
+import { watchSlowConsumers } from '../gateway/backpressure.js'
 import type { GatewayContext } from '../gateway/context.js'
 import { registerHandlers } from '../gateway/handlers.js'
 import { createGatewayMetrics, type GatewayMetrics } from '../gateway/metrics.js'
@@ -48,6 +49,12 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   })
   app.bindings.on('rebound', ({ durationMs }) => metrics.rebind.observe(durationMs / 1000))
   app.deliveries.handle = createDeliveryHandler(io, sessions, metrics, log)
+  const stopSweep = watchSlowConsumers(io, {
+    maxPendingPackets: config.SOCKET_MAX_PENDING_PACKETS,
+    maxBufferedBytes: config.SOCKET_MAX_BUFFER_BYTES,
+    intervalMs: 1000
+  }, log, () => metrics.slowConsumers.inc())
+  app.addHook('onClose', async () => { stopSweep() })
 
   io.use((socket, next) => {
     if (draining) {
