@@ -8,7 +8,7 @@ const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57'] // connection, resources, 
 const TRANSIENT_SQLSTATES = new Set(['40001', '40P01', '55P03', '58000', '58030'])
 // Node and postgres.js error codes for a lost or refused connection.
 const TRANSIENT_NODE_CODES = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
+  'APP_DB_TIMEOUT', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
   'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT'
 ])
 
@@ -32,4 +32,26 @@ export function describeDbError (err: unknown): { code?: string, message: string
   while (e instanceof Error && e.cause instanceof Error) e = e.cause
   const code = (e as { code?: unknown }).code
   return { ...(typeof code === 'string' ? { code } : {}), message: e instanceof Error ? e.message : String(e) }
+}
+
+/** The database did not answer in time; treated like a lost connection. */
+export class DbTimeoutError extends Error {
+  readonly code = 'APP_DB_TIMEOUT'
+}
+
+/**
+ * Rejects with DbTimeoutError after `ms`. postgres.js waits for a connection for as
+ * long as a server keeps accepting and dropping it (a proxy or pooler in front of a
+ * dead database), so an outage must be noticed by time, not only by errors. The
+ * query itself is not cancelled; callers must be idempotent.
+ */
+export async function withDbTimeout<T> (work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([work, new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new DbTimeoutError(`no answer from the database within ${ms} ms`)), ms)
+    })])
+  } finally {
+    clearTimeout(timer)
+  }
 }

@@ -7,7 +7,7 @@ import { RpcRequestSchema, type Delivery, type RpcRequest, type RpcResponse, typ
 import { compile } from '../contracts/validate.js'
 import type { ChannelsRepository } from '../db/repositories/channels.js'
 import type { MessagesRepository } from '../db/repositories/messages.js'
-import { describeDbError, isTransientDbError } from '../db/errors.js'
+import { describeDbError, isTransientDbError, withDbTimeout } from '../db/errors.js'
 import { ClientError } from '../errors.js'
 import type { Logger } from '../log.js'
 
@@ -19,6 +19,7 @@ export interface RpcHandlerDeps {
   /** Publishes a control delivery (joined/left) with confirms. */
   notify: (delivery: Delivery) => Promise<void>
   maxChannelMembers: number
+  dbTimeoutMs: number
   log: Logger
   onDatabaseState: (up: boolean) => void
 }
@@ -58,7 +59,7 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
     if (!checked.ok) return { op: 'invalid', response: { ok: false, error: { code: 'VALIDATION', message: checked.reason } } }
     const req = checked.value
     try {
-      const result = await execute(req)
+      const result = await withDbTimeout(execute(req), deps.dbTimeoutMs)
       deps.onDatabaseState(true)
       return { op: req.op, response: { ok: true, result } }
     } catch (err) {

@@ -19,7 +19,7 @@ import { compile } from '../contracts/validate.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
 import type { ConfirmedPublisher } from '../broker/publisher.js'
 import { ConcurrentInsertError, type MessagesRepository, type PersistOutcome } from '../db/repositories/messages.js'
-import { describeDbError, isTransientDbError } from '../db/errors.js'
+import { describeDbError, isTransientDbError, withDbTimeout } from '../db/errors.js'
 import type { Logger } from '../log.js'
 import type { WorkerMetrics } from './metrics.js'
 
@@ -42,6 +42,7 @@ export interface SendPipelineOptions {
   onDatabaseState: (up: boolean) => void
   /** True once shutdown began: stop retrying and hand messages back to the queue. */
   isClosing: () => boolean
+  dbTimeoutMs: number
   publishTimeoutMs?: number
 }
 
@@ -109,7 +110,7 @@ export class SendPipeline {
     while (outcomes === undefined) {
       const started = performance.now()
       try {
-        outcomes = await this.#o.messages.persistBatch(batch.map((b) => b.command))
+        outcomes = await withDbTimeout(this.#o.messages.persistBatch(batch.map((b) => b.command)), this.#o.dbTimeoutMs)
         this.#o.metrics.dbLatency.observe((performance.now() - started) / 1000)
         this.#o.onDatabaseState(true)
       } catch (err) {
@@ -138,15 +139,16 @@ export class SendPipeline {
       }
     }
 
-    const publishing = this.#publish(batch, outcomes).finally(() => this.#publishing.delete(publishing))
+    // After a retry, a "duplicate" may be our own earlier attempt that committed late.
+    const publishing = this.#publish(batch, outcomes, attempt > 0).finally(() => this.#publishing.delete(publishing))
     this.#publishing.add(publishing)
   }
 
-  async #publish (batch: Valid[], outcomes: PersistOutcome[]): Promise<void> {
+  async #publish (batch: Valid[], outcomes: PersistOutcome[], retried: boolean): Promise<void> {
     const publishes: Array<Promise<void>> = []
     batch.forEach((b, i) => {
       const outcome = outcomes[i]!
-      const delivery = this.#deliveryFor(b, outcome)
+      const delivery = this.#deliveryFor(b, outcome, retried)
       if (outcome.status === 'stored') this.#o.metrics.persisted.inc()
       else if (outcome.status === 'duplicate') this.#o.metrics.duplicates.inc()
       else this.#o.metrics.rejected.inc()
@@ -166,15 +168,15 @@ export class SendPipeline {
     for (const b of batch) b.settle(ConsumerStatus.ACK)
   }
 
-  #deliveryFor (b: Valid, outcome: PersistOutcome): Delivery | undefined {
+  #deliveryFor (b: Valid, outcome: PersistOutcome, retried: boolean): Delivery | undefined {
     switch (outcome.status) {
       case 'stored':
         return { t: 'message', message: outcome.message }
       case 'duplicate':
         // A client retry of a delivered message must not be delivered twice; a broker
         // redelivery may follow a crash between commit and publish, so publish again
-        // (clients de-duplicate by id).
-        return b.msg.redelivered ? { t: 'message', message: outcome.message } : undefined
+        // (gateways and clients de-duplicate by id).
+        return b.msg.redelivered || retried ? { t: 'message', message: outcome.message } : undefined
       case 'rejected':
         return { t: 'rejected', userId: b.command.senderId, clientMsgId: b.command.clientMsgId, error: outcome.error }
     }

@@ -11,7 +11,9 @@ import { openConnection } from '../broker/connection.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
 import { brokerNames, consumerTopology, declareTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
+import { sql } from 'drizzle-orm'
 import { openDatabase, type DatabaseHandle } from '../db/client.js'
+import { describeDbError, withDbTimeout } from '../db/errors.js'
 import { createChannelsRepository } from '../db/repositories/channels.js'
 import { createMessagesRepository } from '../db/repositories/messages.js'
 import type { Logger } from '../log.js'
@@ -87,7 +89,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     log,
     metrics,
     onDatabaseState,
-    isClosing: () => closing !== undefined
+    isClosing: () => closing !== undefined,
+    dbTimeoutMs: config.DB_TIMEOUT_MS
   })
   const batcher = new Batcher<PendingSend>({
     max: config.WORKER_BATCH_MAX,
@@ -119,6 +122,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     channels,
     messages,
     maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
+    dbTimeoutMs: config.DB_TIMEOUT_MS,
     log,
     onDatabaseState,
     notify: (delivery: Delivery) => publisher.publish(deliveryEnvelope(names.outgoing, delivery), delivery, 10_000)
@@ -157,9 +161,20 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     metrics.brokerUp.set(0)
   })
 
+  // Readiness must notice an outage even when no message is flowing.
+  const ping = setInterval(() => {
+    withDbTimeout(db.db.execute(sql`select 1`), Math.min(config.DB_TIMEOUT_MS, 5000))
+      .then(() => onDatabaseState(true), (err: unknown) => {
+        if (databaseUp) log.warn({ err: describeDbError(err) }, 'database ping failed')
+        onDatabaseState(false)
+      })
+  }, 5000)
+  ping.unref()
+
   const brokerUp = () => consumeConn.ready && ready.sends && ready.rpc && sends.queue !== '' && rpc.queue !== ''
 
   async function shutdown (): Promise<void> {
+    clearInterval(ping)
     log.info('worker stopping: finishing in-flight batches')
     // Stop taking new messages first; handlers already running finish and ack.
     for (const item of batcher.takeBuffered()) item.settle(ConsumerStatus.REQUEUE)

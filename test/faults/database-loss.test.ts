@@ -1,0 +1,56 @@
+/**
+ * The worker loses PostgreSQL (a TCP proxy between them is cut and refuses for a
+ * while): it holds the messages unacked and retries with backoff, dead-letters
+ * nothing, reports unready, and once the database is back stores everything exactly
+ * once and delivers it.
+ */
+import t from 'tap'
+import type { Message } from '../../src/contracts/protocol.js'
+import { connectUser } from '../helpers/client.js'
+import { startProxy, viaProxy } from '../helpers/proxy.js'
+import { createDatabase, createVhost, listQueues, sqlClient } from '../helpers/services.js'
+import { sleep, startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
+
+const { vhost, url: amqpUrl } = await createVhost(t)
+const databaseUrl = await createDatabase(t)
+const sql = sqlClient(t, databaseUrl)
+const proxy = await startProxy(t, { host: '127.0.0.1', port: 5432 })
+const worker = await startTestWorker(t, { amqpUrl, databaseUrl: viaProxy(databaseUrl, proxy) }, { DB_TIMEOUT_MS: '2000' })
+const gw = await startTestGateway(t, { amqpUrl, databaseUrl }, { RPC_TIMEOUT_MS: '2000' })
+
+t.test('database outage under the worker', async (t) => {
+  const ann = await connectUser(t, gw.url, 'ann')
+  const ben = await connectUser(t, gw.url, 'ben')
+  await ann.send({ toUserId: 'ben' }, 'before')
+  await ben.waitFor<Message>('message:new', (m) => m.content === 'before')
+
+  proxy.refuse(true)
+  proxy.cut()
+  const sent: string[] = []
+  for (let i = 0; i < 20; i++) {
+    const res = await ann.send({ toUserId: 'ben' }, `during ${i}`)
+    t.equal(res.ok, true, 'the broker takes sends while the database is down')
+    sent.push(`during ${i}`)
+  }
+  await waitUntil(() => !worker.status().ready, 15_000, 'worker unready')
+  t.equal(worker.status().database, 'down')
+  const history = await ben.request<{ ok: boolean, error?: { code: string } }>('history:fetch', { withUserId: 'ann' })
+  t.match(history, { ok: false, error: { code: 'UNAVAILABLE' } }, 'reads say UNAVAILABLE, not INTERNAL')
+  await sleep(2000)
+  t.equal(ben.messages().filter((m) => m.content.startsWith('during')).length, 0, 'nothing delivered before it is stored')
+  const retried = await worker.metrics.registry.getSingleMetricAsString('chat_worker_messages_retried_total')
+  t.match(retried, /chat_worker_messages_retried_total\{[^}]*\} [1-9]/, 'the batch was retried')
+
+  proxy.refuse(false)
+  await waitUntil(() => worker.status().ready, 30_000, 'worker ready again')
+  await waitUntil(() => ben.messages().filter((m) => m.content.startsWith('during')).length === sent.length, 30_000, 'all delivered')
+  const rows = await sql<Array<{ content: string, seq: string }>>`select content, seq from messages where sender_id = 'ann' order by seq`
+  t.same(rows.map((r) => r.content), ['before', ...sent], 'stored once each, in order')
+  t.same(rows.map((r) => Number(r.seq)), rows.map((_, i) => i + 1), 'no seq gaps')
+  await settleDelivery()
+  t.equal(ben.messages().filter((m) => m.content.startsWith('during')).length, sent.length, 'delivered once each')
+  const dead = (await listQueues(vhost)).find((q) => q.name === 'chat.dead-letter')
+  t.equal(dead?.messages, 0, 'nothing dead-lettered for a transient failure')
+})
+
+async function settleDelivery (): Promise<void> { await sleep(500) }

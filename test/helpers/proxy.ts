@@ -1,0 +1,92 @@
+/**
+ * A TCP proxy between one process and a real service, to fail the network for that
+ * process alone: cut its connections, refuse new ones, freeze traffic without
+ * closing (a black hole, as when a machine vanishes), or add latency.
+ */
+import { createServer, connect, type Server, type Socket } from 'node:net'
+import type { Test } from 'tap'
+
+export class TcpProxy {
+  readonly #target: { host: string, port: number }
+  readonly #pairs = new Set<[Socket, Socket]>()
+  #server: Server | undefined
+  #refusing = false
+  #frozen = false
+  port = 0
+
+  constructor (target: { host: string, port: number }) {
+    this.#target = target
+  }
+
+  async start (): Promise<number> {
+    this.#server = createServer((client) => this.#accept(client))
+    await new Promise<void>((resolve) => this.#server!.listen(0, '127.0.0.1', resolve))
+    const address = this.#server.address()
+    if (address === null || typeof address === 'string') throw new Error('no port')
+    this.port = address.port
+    return this.port
+  }
+
+  #accept (client: Socket): void {
+    if (this.#refusing) {
+      client.destroy()
+      return
+    }
+    const upstream = connect(this.#target.port, this.#target.host)
+    const pair: [Socket, Socket] = [client, upstream]
+    this.#pairs.add(pair)
+    const forward = (from: Socket, to: Socket) => from.on('data', (chunk: Buffer) => { if (!this.#frozen) to.write(chunk) })
+    forward(client, upstream)
+    forward(upstream, client)
+    const end = () => {
+      this.#pairs.delete(pair)
+      client.destroy()
+      upstream.destroy()
+    }
+    client.on('close', end).on('error', end)
+    upstream.on('close', end).on('error', end)
+  }
+
+  /** Destroys every proxied connection now (both ends see a reset). */
+  cut (): void {
+    for (const [a, b] of this.#pairs) {
+      a.destroy()
+      b.destroy()
+    }
+    this.#pairs.clear()
+  }
+
+  /** While on, new connections are closed as soon as they open. */
+  refuse (on: boolean): void {
+    this.#refusing = on
+  }
+
+  /** While on, bytes are swallowed in both directions and nothing is closed. */
+  freeze (on: boolean): void {
+    this.#frozen = on
+  }
+
+  get connections (): number {
+    return this.#pairs.size
+  }
+
+  async close (): Promise<void> {
+    this.cut()
+    await new Promise<void>((resolve) => this.#server?.close(() => resolve()) ?? resolve())
+  }
+}
+
+export async function startProxy (t: Test, target: { host: string, port: number }): Promise<TcpProxy> {
+  const proxy = new TcpProxy(target)
+  await proxy.start()
+  t.teardown(() => proxy.close())
+  return proxy
+}
+
+/** The same URL, pointed at the proxy. */
+export function viaProxy (url: string, proxy: TcpProxy): string {
+  const u = new URL(url)
+  u.hostname = '127.0.0.1'
+  u.port = String(proxy.port)
+  return u.toString()
+}
