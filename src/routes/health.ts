@@ -24,7 +24,7 @@ const routes: FastifyPluginAsync<{ config: Config }> = async (app, { config }) =
       bindOperationsPending: b.pending,
       queue: b.queue,
       draining: app.draining(),
-      broker: app.broker.connected() ? 'connected' : 'disconnected',
+      broker: !app.broker.connected() ? 'disconnected' : app.broker.blocked() ? 'blocked' : 'connected',
       uptimeSeconds: Math.round(process.uptime())
     }
   }

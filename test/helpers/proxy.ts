@@ -38,13 +38,18 @@ export class TcpProxy {
     const forward = (from: Socket, to: Socket) => from.on('data', (chunk: Buffer) => { if (!this.#frozen) to.write(chunk) })
     forward(client, upstream)
     forward(upstream, client)
-    const end = () => {
+    // A frozen link is a black hole: one side closing tells the other nothing.
+    const end = (side: Socket) => () => {
+      if (this.#frozen) {
+        side.destroy()
+        return
+      }
       this.#pairs.delete(pair)
       client.destroy()
       upstream.destroy()
     }
-    client.on('close', end).on('error', end)
-    upstream.on('close', end).on('error', end)
+    client.on('close', end(client)).on('error', end(client))
+    upstream.on('close', end(upstream)).on('error', end(upstream))
   }
 
   /** Destroys every proxied connection now (both ends see a reset). */

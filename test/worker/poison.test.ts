@@ -47,3 +47,17 @@ t.test('malformed, unknown and invalid sends are dead-lettered with a reason; go
   const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from messages`
   t.equal(n, 1, 'nothing else was stored')
 })
+
+t.test('a message the database refuses for good is isolated and dead-lettered alone', async (t) => {
+  // A rule the worker does not know about: the database refuses these rows (SQLSTATE 23514).
+  await sql`alter table messages add constraint no_forbidden_word check (content <> 'forbidden word')`
+  t.teardown(async () => { await sql`alter table messages drop constraint no_forbidden_word` })
+  const before = Number(/ (\d+)$/m.exec(await worker.metrics.registry.getSingleMetricAsString('chat_worker_messages_dead_lettered_total'))?.[1] ?? 0)
+  const ids = Array.from({ length: 6 }, () => randomUUID())
+  await Promise.all(ids.map((clientMsgId, i) => send({ v: 1, senderId: 'z', clientMsgId, content: i === 3 ? 'forbidden word' : `ok ${i}`, toUserId: 'y' })))
+  await waitUntil(async () => (await sql`select 1 from messages where client_msg_id = any(${ids})`).length === 5, 15_000, 'the five good ones stored')
+  await waitUntil(async () => Number(/ (\d+)$/m.exec(await worker.metrics.registry.getSingleMetricAsString('chat_worker_messages_dead_lettered_total'))?.[1] ?? 0) === before + 1, 10_000, 'one dead letter')
+  const stored = await sql`select client_msg_id from messages where client_msg_id = any(${ids})`
+  t.notOk(stored.some((r) => r.client_msg_id === ids[3]), 'the refused one is not stored')
+  t.equal(stored.length, 5, 'its batch mates are')
+})
