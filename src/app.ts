@@ -5,13 +5,14 @@
  */
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import type { Config } from './config.js'
-import { configOrExit } from './entry.js'
+import { usesDevSecret, type Config } from './config.js'
+import { configOrExit, fatal } from './entry.js'
 import brokerPlugin from './plugins/broker.js'
 import bindingsPlugin from './plugins/bindings.js'
 import gatewayPlugin from './plugins/gateway.js'
 import socketIoPlugin from './plugins/socket-io.js'
 import healthRoutes from './routes/health.js'
+import { checkPortFree, StartupError, waitForBroker } from './startup.js'
 
 export interface AppOptions {
   /** Defaults to loadConfig('gateway') from the environment. */
@@ -20,9 +21,25 @@ export interface AppOptions {
   defaultMetrics?: boolean
 }
 
+/** How long a starting gateway waits for RabbitMQ before giving up with one line. */
+const BROKER_STARTUP_TIMEOUT_MS = 15_000
+
 const app = fp<AppOptions>(async (fastify, opts) => {
+  // Under the fastify CLI (no config passed) start-up failures print one line and exit.
+  const cli = opts.config === undefined
   const config = opts.config ?? configOrExit('gateway')
-  await fastify.register(brokerPlugin, { config })
+  try {
+    if (cli) await checkPortFree(config.PORT, config.FASTIFY_ADDRESS === '' ? 'localhost' : config.FASTIFY_ADDRESS)
+    await fastify.register(brokerPlugin, { config })
+    await Promise.all([
+      waitForBroker(fastify.broker.consumeConnection, config.AMQP_URL, BROKER_STARTUP_TIMEOUT_MS),
+      waitForBroker(fastify.broker.publishConnection, config.AMQP_URL, BROKER_STARTUP_TIMEOUT_MS)
+    ])
+  } catch (err) {
+    if (cli && err instanceof StartupError) fatal(`gateway: ${err.message}`)
+    throw err
+  }
+  if (cli && usesDevSecret(config)) fastify.log.warn('JWT_SECRET is not set: using the insecure development secret')
   await fastify.register(bindingsPlugin, { config })
   await fastify.register(socketIoPlugin, { config })
   await fastify.register(gatewayPlugin, { config, defaultMetrics: opts.defaultMetrics ?? true })

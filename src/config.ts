@@ -42,6 +42,7 @@ export const ConfigSchema = Type.Object({
 
   // Gateway
   PORT: Int('HTTP and Socket.IO port of a gateway (read by the fastify CLI as well).', 3000, 0, 65535),
+  FASTIFY_ADDRESS: Type.String({ description: 'Address the fastify CLI listens on (its own setting, checked here at start); empty means localhost. Use 0.0.0.0 in containers.', default: '' }),
   METRICS_PORT: Int('Port of a separate HTTP listener for /metrics (keep it off the public port in production); 0 serves /metrics on PORT.', 0, 0, 65535),
   DRAIN_WINDOW_MS: Int('On SIGTERM/SIGINT, sockets are told to reconnect elsewhere and disconnected at random moments spread over this window. Keep it below the fastify CLI grace delay (-g).', 5000, 0, 300_000),
   GATEWAY_MAX_SOCKETS: Int('Hard cap of sockets on one gateway; beyond it connections are refused (connect_error UNAVAILABLE).', 15_000, 1, 1_000_000),

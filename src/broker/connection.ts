@@ -30,10 +30,13 @@ export function openConnection (opts: BrokerConnectionOptions): Connection {
     acquireTimeout: 10_000
   })
   // rabbitmq-client emits 'error' once per reconnect cycle; unhandled it would crash us.
-  connection.on('error', (err) => {
-    opts.log.warn({ err, connection: opts.name }, 'broker connection error; reconnecting')
+  // Until the first connection, start-up code reports failures in one line instead.
+  let connectedOnce = false
+  connection.on('error', (err: { code?: unknown, message?: unknown }) => {
+    if (connectedOnce) opts.log.warn({ code: err.code, reason: err.message, connection: opts.name }, 'broker connection error; reconnecting')
   })
   connection.on('connection', () => {
+    connectedOnce = true
     opts.log.info({ connection: opts.name }, 'broker connected')
   })
   connection.on('connection.blocked', (reason) => {

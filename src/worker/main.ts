@@ -9,6 +9,7 @@ import { startWorker } from './worker.js'
 const config = configOrExit('worker')
 const log = createLogger('worker', config.LOG_LEVEL)
 const worker = startWorker({ config, log })
+await worker.started.catch((err: Error) => fatal(`worker: ${err.message}`))
 
 const server = await startStatusServer(config.WORKER_PORT, '0.0.0.0', {
   '/health': () => json(200, { ok: true, serverId: config.SERVER_ID, uptimeSeconds: Math.round(process.uptime()) }),

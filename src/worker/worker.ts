@@ -17,6 +17,7 @@ import { describeDbError, withDbTimeout } from '../db/errors.js'
 import { createChannelsRepository } from '../db/repositories/channels.js'
 import { createMessagesRepository } from '../db/repositories/messages.js'
 import type { Logger } from '../log.js'
+import { describeDatabaseFailure, StartupError, waitForBroker } from '../startup.js'
 import { Batcher } from './batcher.js'
 import { createWorkerMetrics, type WorkerMetrics } from './metrics.js'
 import { createRpcHandler } from './rpc-handlers.js'
@@ -33,10 +34,15 @@ export interface WorkerStatus {
 
 export interface Worker {
   readonly metrics: WorkerMetrics
+  /** Resolves once the broker and the database answered; rejects with a one-line StartupError. */
+  readonly started: Promise<void>
   status: () => WorkerStatus
   /** Stops consuming, finishes and acks what it holds, requeues the rest, closes everything. Idempotent. */
   close: () => Promise<void>
 }
+
+/** How long a starting worker waits for RabbitMQ before giving up with one line. */
+const BROKER_STARTUP_TIMEOUT_MS = 15_000
 
 export interface WorkerOptions {
   config: Config
@@ -187,8 +193,23 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     log.info('worker stopped')
   }
 
+  const started = (async () => {
+    await Promise.all([
+      waitForBroker(consumeConn, config.AMQP_URL, BROKER_STARTUP_TIMEOUT_MS),
+      waitForBroker(publishConn, config.AMQP_URL, BROKER_STARTUP_TIMEOUT_MS)
+    ])
+    try {
+      await withDbTimeout(db.db.execute(sql`select 1`), config.DB_TIMEOUT_MS)
+    } catch (err) {
+      throw new StartupError('APP_DATABASE_UNREACHABLE', describeDatabaseFailure(err, config.DATABASE_URL), { cause: err })
+    }
+  })()
+  // Callers that do not wait must not crash the process with an unhandled rejection.
+  started.catch(() => {})
+
   return {
     metrics,
+    started,
     status: () => {
       const broker = brokerUp() ? 'up' : 'down'
       return {

@@ -1,0 +1,51 @@
+/**
+ * A newcomer's mistakes at start: each one line that says what is wrong and what to
+ * do, a non-zero exit, and no stack trace.
+ */
+import { execFile } from 'node:child_process'
+import { createServer } from 'node:net'
+import { promisify } from 'node:util'
+import t, { type Test } from 'tap'
+import { freePort, ROOT } from '../helpers/system.js'
+
+const run = promisify(execFile)
+
+async function start (args: string[], env: Record<string, string>): Promise<{ code: number, stderr: string }> {
+  try {
+    await run(process.execPath, args, { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, timeout: 40_000 })
+    return { code: 0, stderr: '' }
+  } catch (err) {
+    const e = err as { code?: number, stderr?: string }
+    return { code: e.code ?? -1, stderr: e.stderr ?? '' }
+  }
+}
+const gateway = (env: Record<string, string>) => start(['node_modules/fastify-cli/cli.js', 'start', '-l', 'warn', '-o', 'dist/src/app.js'], env)
+const worker = (env: Record<string, string>) => start(['dist/src/worker/main.js'], { WORKER_PORT: '0', ...env })
+
+function oneLine (t: Test, r: { code: number, stderr: string }, expected: RegExp): void {
+  t.not(r.code, 0, 'non-zero exit')
+  const lines = r.stderr.trim().split('\n')
+  t.equal(lines.length, 1, `one line: ${r.stderr.trim()}`)
+  t.match(lines[0], expected)
+  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
+}
+
+t.test('gateway', async (t) => {
+  const port = String(await freePort())
+  oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:wrong@127.0.0.1:5672' }), /RabbitMQ refused the user name or password of AMQP_URL \(amqp:\/\/guest:\*\*\*@/)
+  oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672/no-such-vhost' }), /vhost "no-such-vhost".*create the vhost/)
+  oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:guest@127.0.0.1:1' }), /cannot reach RabbitMQ at .*is it running\?/)
+  oneLine(t, await gateway({ PORT: port, NODE_ENV: 'production', AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672' }), /^config error: JWT_SECRET is required in production/)
+  oneLine(t, await gateway({ PORT: 'eighty' }), /^config error: PORT is invalid/)
+  const busy = createServer().listen(Number(port), 'localhost')
+  await new Promise((resolve) => busy.once('listening', resolve))
+  t.teardown(() => { busy.close() })
+  oneLine(t, await gateway({ PORT: port }), new RegExp(`port ${port} is already in use.*set PORT`))
+})
+
+t.test('worker', async (t) => {
+  oneLine(t, await worker({}), /^config error: DATABASE_URL is required/)
+  oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_here' }), /database named in DATABASE_URL does not exist/)
+  oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }), /cannot reach PostgreSQL at .*is it running\?/)
+  oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres', AMQP_URL: 'amqp://nobody:nothing@127.0.0.1:5672' }), /RabbitMQ refused the user name or password/)
+})
