@@ -32,12 +32,16 @@ if (!Number.isInteger(basePort) || basePort < 1 || basePort + gateways > 65535) 
 
 const config = configOrExit('cluster')
 
-try {
-  await runMigrations(config.DATABASE_URL)
-} catch (err) {
-  const e = err as { code?: string, message?: string }
-  fatal(`cluster: cannot migrate ${redactUrl(config.DATABASE_URL)} (${e.code ?? e.message ?? String(err)}); is PostgreSQL running and DATABASE_URL right?`)
+// The embedded database is migrated by the worker that owns it.
+if (config.DATABASE_URL !== '') {
+  try {
+    await runMigrations(config.DATABASE_URL)
+  } catch (err) {
+    const e = err as { code?: string, message?: string }
+    fatal(`cluster: cannot migrate ${redactUrl(config.DATABASE_URL)} (${e.code ?? e.message ?? String(err)}); is PostgreSQL running and DATABASE_URL right?`)
+  }
 }
+const database = config.DATABASE_URL === '' ? `embedded PGlite in ${config.DATA_DIR} (set DATABASE_URL for PostgreSQL)` : redactUrl(config.DATABASE_URL)
 
 interface Child { name: string, url: string, proc: ChildProcess }
 const children: Child[] = []
@@ -66,7 +70,7 @@ for (let i = 0; i < gateways; i++) {
   })
 }
 
-process.stdout.write(`chat cluster: broker ${redactUrl(config.AMQP_URL)} prefix "${config.BROKER_PREFIX}", database ${redactUrl(config.DATABASE_URL)}\n`)
+process.stdout.write(`chat cluster: broker ${redactUrl(config.AMQP_URL)} prefix "${config.BROKER_PREFIX}", database ${database}\n`)
 for (const c of children) {
   process.stdout.write(`  ${c.name.padEnd(10)} ${c.url}${c.name === 'worker' ? '  (/health /ready /metrics)' : '  (Socket.IO, /health /ready /metrics)'}\n`)
 }

@@ -77,10 +77,11 @@ export const ConfigSchema = Type.Object({
 
   // Worker
   DATABASE_URL: Type.String({
-    description: 'PostgreSQL URL used by the worker and `npm run db:migrate`. Required by the worker.',
+    description: 'PostgreSQL URL of the worker and `npm run db:migrate`. Unset: an embedded PGlite database in DATA_DIR (development only; required in production).',
     pattern: '^(postgres(ql)?://.*)?$',
     default: ''
   }),
+  DATA_DIR: Type.String({ description: 'Where the embedded database lives when DATABASE_URL is unset; created and migrated automatically. One process at a time.', default: '.data', minLength: 1 }),
   DB_POOL_MAX: Int('Connections in the worker\'s PostgreSQL pool.', 10, 1, 1000),
   DB_TIMEOUT_MS: Int('A batch or read that takes longer counts as a database outage: the worker turns unready and retries (the work is idempotent).', 10_000, 100, 600_000),
   WORKER_PREFETCH: Int('Unacked messages the worker holds; bounds its memory and the batches in flight.', 500, 1, 65_535),
@@ -140,8 +141,8 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
       throw new ConfigError('JWT_SECRET is invalid: it must be at least 16 characters long')
     }
   }
-  if (role === 'worker' || role === 'migrate' || role === 'cluster') {
-    needs('DATABASE_URL', 'by the worker and migrations (e.g. postgres://user:pass@host:5432/db)')
+  if ((role === 'worker' || role === 'migrate' || role === 'cluster') && production) {
+    needs('DATABASE_URL', 'in production (the embedded database is for development), e.g. postgres://user:pass@host:5432/db')
   }
   if (config.SERVER_ID === '') config.SERVER_ID = `${hostname().slice(0, 40)}-${randomBytes(4).toString('hex')}`
   return config

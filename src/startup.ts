@@ -70,7 +70,7 @@ export function waitForBroker (connection: Connection, url: string, timeoutMs: n
 }
 
 export function describeDatabaseFailure (err: unknown, url: string): string {
-  const where = redactUrl(url)
+  const where = url.includes('://') ? redactUrl(url) : url
   const code = codeOf(err)
   switch (code) {
     case '28P01':

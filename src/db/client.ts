@@ -1,17 +1,26 @@
 /**
- * The worker's database handle: drizzle over postgres.js. Only the worker and the
- * migration command open one; gateways never do.
+ * The worker's database handle: drizzle over postgres.js when DATABASE_URL is set,
+ * or over embedded PGlite (PostgreSQL in WebAssembly, in-process, in DATA_DIR) when it
+ * is not — the same schema, migrations and repositories either way. Only the worker
+ * and the migration command open one; gateways never do.
  */
+import { mkdirSync } from 'node:fs'
+import { PGlite } from '@electric-sql/pglite'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
+import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
 import { drizzle } from 'drizzle-orm/postgres-js'
 import postgres from 'postgres'
 import * as schema from '../../drizzle/schema.js'
+import { MIGRATIONS_FOLDER } from './migrate.js'
 
 /** What repositories need: any drizzle PostgreSQL database over our schema. */
 export type Database = PgDatabase<PgQueryResultHKT, typeof schema>
 
 export interface DatabaseHandle {
   db: Database
+  /** 'postgres' (DATABASE_URL) or 'pglite' (embedded). */
+  kind: 'postgres' | 'pglite'
   /** Ends the pool; waits for running queries up to the timeout. Idempotent. */
   close: () => Promise<void>
 }
@@ -38,8 +47,30 @@ export function openDatabase (opts: OpenDatabaseOptions): DatabaseHandle {
   let closing: Promise<void> | undefined
   return {
     db,
+    kind: 'postgres',
     close: () => {
       closing ??= client.end({ timeout: 5 })
+      return closing
+    }
+  }
+}
+
+/**
+ * Opens (creating it if needed) an embedded database in `dataDir` — or in memory when
+ * `dataDir` is undefined — and applies the migrations. One process at a time may
+ * open a data directory.
+ */
+export async function openEmbeddedDatabase (dataDir?: string): Promise<DatabaseHandle> {
+  if (dataDir !== undefined) mkdirSync(dataDir, { recursive: true })
+  const client = dataDir === undefined ? new PGlite() : new PGlite(dataDir)
+  const db = drizzlePglite({ client, schema })
+  await migratePglite(db, { migrationsFolder: MIGRATIONS_FOLDER })
+  let closing: Promise<void> | undefined
+  return {
+    db,
+    kind: 'pglite',
+    close: () => {
+      closing ??= client.close()
       return closing
     }
   }

@@ -3,12 +3,18 @@
  */
 import { configOrExit, fatal } from '../entry.js'
 import { createLogger } from '../log.js'
+import { openEmbeddedDatabase } from '../db/client.js'
 import { json, startStatusServer } from '../http/status-server.js'
 import { startWorker } from './worker.js'
 
 const config = configOrExit('worker')
 const log = createLogger('worker', config.LOG_LEVEL)
-const worker = startWorker({ config, log })
+// Without DATABASE_URL the worker owns an embedded database in DATA_DIR (development).
+const embedded = config.DATABASE_URL === ''
+  ? await openEmbeddedDatabase(config.DATA_DIR).catch((err: Error) => fatal(`worker: cannot open the embedded database in ${config.DATA_DIR} (${err.message}); is another worker using it?`))
+  : undefined
+if (embedded !== undefined) log.info({ dataDir: config.DATA_DIR }, 'using the embedded database (set DATABASE_URL for PostgreSQL)')
+const worker = startWorker({ config, log, ...(embedded !== undefined ? { database: embedded } : {}) })
 await worker.started.catch((err: Error) => fatal(`worker: ${err.message}`))
 
 const server = await startStatusServer(config.WORKER_PORT, '0.0.0.0', {
@@ -37,6 +43,7 @@ async function stop (signal: string): Promise<void> {
     process.exit(1)
   }, 25_000).unref()
   await worker.close()
+  await embedded?.close()
   server.close()
   clearTimeout(deadline)
   process.exit(0)

@@ -47,7 +47,7 @@ const BROKER_STARTUP_TIMEOUT_MS = 15_000
 export interface WorkerOptions {
   config: Config
   log: Logger
-  /** For tests: an already-open database (e.g. PGlite) instead of DATABASE_URL. */
+  /** An already-open database (embedded PGlite, or one a test owns) instead of DATABASE_URL; the caller closes it. */
   database?: DatabaseHandle
   /** Collect process-level default metrics. @default true */
   defaultMetrics?: boolean
@@ -201,7 +201,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     try {
       await withDbTimeout(db.db.execute(sql`select 1`), config.DB_TIMEOUT_MS)
     } catch (err) {
-      throw new StartupError('APP_DATABASE_UNREACHABLE', describeDatabaseFailure(err, config.DATABASE_URL), { cause: err })
+      throw new StartupError('APP_DATABASE_UNREACHABLE', describeDatabaseFailure(err, config.DATABASE_URL === '' ? `embedded database in ${config.DATA_DIR}` : config.DATABASE_URL), { cause: err })
     }
   })()
   // Callers that do not wait must not crash the process with an unhandled rejection.

@@ -44,7 +44,8 @@ t.test('gateway', async (t) => {
 })
 
 t.test('worker', async (t) => {
-  oneLine(t, await worker({}), /^config error: DATABASE_URL is required/)
+  oneLine(t, await worker({ NODE_ENV: 'production' }), /^config error: AMQP_URL is required in production/)
+  oneLine(t, await worker({ NODE_ENV: 'production', AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672' }), /^config error: DATABASE_URL is required in production/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_here' }), /database named in DATABASE_URL does not exist/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }), /cannot reach PostgreSQL at .*is it running\?/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres', AMQP_URL: 'amqp://nobody:nothing@127.0.0.1:5672' }), /RabbitMQ refused the user name or password/)
