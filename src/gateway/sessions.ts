@@ -107,9 +107,9 @@ export class Sessions {
       }
       user.channels.set(channel.id, channel)
       if (channel.kind === 'group') {
-        const key = channelKey(channel.id)
-        await this.#o.bindings.acquire(key)
+        // Rooms first: anything routed here from the moment the bind lands reaches the sockets.
         for (const socket of user.sockets) void socket.join(channelRoom(channel.id))
+        await this.#o.bindings.acquire(channelKey(channel.id))
       }
       this.#o.io.to(userRoom(userId)).emit('channel:joined', { channel })
     })
