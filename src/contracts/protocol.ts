@@ -111,6 +111,12 @@ export interface ServerToClientEvents {
   'channel:joined': (joined: { channel: ChannelSummary }) => void
   'channel:left': (left: { channelId: string }) => void
   'typing': (typing: { channelId: string, userId: string }) => void
+  /**
+   * Live delivery to this socket may have missed messages although the socket stayed
+   * connected (the gateway lost its broker connection and has re-bound every key):
+   * catch up from history as after a session:ready.
+   */
+  'session:resync': (resync: { reason: 'BROKER_RECONNECTED' }) => void
   /** Sent before the server ends a socket on purpose (TOKEN_EXPIRED, drain). */
   'session:end': (end: { code: string, message: string, reconnectInMs?: number }) => void
 }
