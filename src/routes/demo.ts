@@ -71,7 +71,7 @@ const routes: FastifyPluginAsync<{ config: Config }> = async (app, { config }) =
       const file = files.get(path)
       const body = file === undefined ? undefined : await readFile(file).catch(() => undefined)
       if (file === undefined || body === undefined) {
-        if (file !== undefined) app.log.warn({ file }, 'demo file missing; run npm run build')
+        if (file !== undefined) app.log.warn({ file }, 'demo file missing: the demo needs the source tree (public/) and npm run build (dist/src/client)')
         return await reply.code(404).send(errorAck('NOT_FOUND', 'no such file'))
       }
       return await reply
