@@ -5,17 +5,16 @@
  * `on('message')` sees every message of every channel once, in seq order.
  * @see ../../docs/CLIENT.md
  */
-import { io, type Socket } from 'socket.io-client'
-import type {
-  Ack, ChannelSummary, ClientToServerEvents, CreateResult, HistoryResult, ListResult, Message, ServerToClientEvents, SessionReady
-} from '../contracts/protocol.js'
-import { ChannelTracker, type TrackerStats } from './channel-tracker.js'
+import { io } from 'socket.io-client'
+import type { ChannelSummary, CreateResult, HistoryResult, ListResult, Message, SessionReady } from '../contracts/protocol.js'
+import type { TrackerStats } from './channel-tracker.js'
+import { ChannelSync } from './channel-sync.js'
 import { newClientMsgId } from './client-id.js'
 import { TypedEmitter } from './emitter.js'
 import { ChatError, RETRYABLE_SEND_CODES } from './errors.js'
 import { normalizeOptions, type ChatClientOptions, type NormalizedOptions } from './options.js'
+import { request, SessionGate, type ClientSocket } from './session-gate.js'
 
-type ClientSocket = Socket<ServerToClientEvents, ClientToServerEvents>
 type Timer = ReturnType<typeof setTimeout>
 
 export type ConnectionState = 'idle' | 'connecting' | 'ready' | 'disconnected' | 'closed'
@@ -38,19 +37,13 @@ export interface ChatClientEvents {
   error: (error: ChatError) => void
 }
 
-interface Waiter { resolve: (socket: ClientSocket) => void, reject: (err: ChatError) => void }
-
 export class ChatClient extends TypedEmitter<ChatClientEvents> {
   readonly #o: NormalizedOptions
-  readonly #tracker: ChannelTracker
-  /** Start positions of channels we do not track now (given, or kept after leaving). */
-  readonly #resume: Map<string, number>
-  readonly #waiters = new Set<Waiter>()
+  readonly #sync: ChannelSync
+  readonly #gate = new SessionGate()
   readonly #timers = new Set<Timer>()
-  /** Rejects the pending sleeps of send() retries; close() calls them. */
-  readonly #sleepers = new Set<() => void>()
+  /** The socket being connected or connected; its session may not be open yet. */
   #socket: ClientSocket | undefined
-  /** The current socket's session, once it is ready. */
   #session: SessionReady | undefined
   /** Events that arrived before the socket's session:ready, replayed after it (they build on its list). */
   #early: Array<() => void> = []
@@ -59,18 +52,28 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   #url: string | undefined
   #attempt = 0
   #failures = 0
-  #sessions = 0
   #reconnectTimer: Timer | undefined
 
   constructor (options: ChatClientOptions) {
     super()
     this.#o = normalizeOptions(options)
-    this.#resume = new Map(Object.entries(this.#o.resumeFrom))
-    this.#tracker = new ChannelTracker({
+    this.#sync = new ChannelSync({
+      backlog: this.#o.backlog,
+      resumeFrom: this.#o.resumeFrom,
       pageSize: this.#o.historyPageSize,
-      fetchPage: (channel, afterSeq, limit) => this.#fetchPage(channel, afterSeq, limit),
-      deliver: (m) => this.emit('message', m),
-      onFetchError: (err, channel) => this.#onFetchError(err, channel)
+      fetchPage: async (target, afterSeq, limit) => {
+        const socket = this.#gate.current
+        if (socket === undefined) throw new ChatError('CLIENT_DISCONNECTED', 'no session')
+        return (await this.#request<HistoryResult>(socket, 'history:fetch', { ...target, afterSeq, limit })).messages
+      },
+      message: (m) => this.emit('message', m),
+      joined: (c) => this.emit('channel:joined', c),
+      left: (id) => this.emit('channel:left', id),
+      error: (err) => this.emit('error', err),
+      retryLater: (again) => {
+        const socket = this.#gate.current
+        this.#later(this.#backoff(1), () => { if (socket !== undefined && this.#gate.current === socket) again() })
+      }
     })
     if (this.#o.autoConnect) this.connect()
   }
@@ -82,15 +85,14 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   get serverId (): string | undefined { return this.#session?.serverId }
   get url (): string | undefined { return this.#url }
   /** The user's channels as far as this client knows; lastSeq is the highest seen. */
-  channels (): ChannelSummary[] { return this.#tracker.channels() }
+  channels (): ChannelSummary[] { return this.#sync.channels() }
   /** Highest seq delivered per channel; pass it back as `resumeFrom`. */
-  positions (): Record<string, number> { return { ...Object.fromEntries(this.#resume), ...this.#tracker.positions() } }
-  stats (): TrackerStats & { sessions: number } { return { ...this.#tracker.stats, sessions: this.#sessions } }
+  positions (): Record<string, number> { return this.#sync.positions() }
+  stats (): TrackerStats & { sessions: number } { return { ...this.#sync.stats, sessions: this.#sync.sessions } }
 
   connect (): void {
     if (this.#state === 'closed') throw new ChatError('CLIENT_CLOSED', 'the client is closed')
-    if (this.#socket !== undefined || this.#reconnectTimer !== undefined || this.#state === 'connecting') return
-    void this.#open()
+    if (this.#state === 'idle') void this.#open()
   }
 
   /** Disconnects for good; pending calls reject with CLIENT_CLOSED. Idempotent. */
@@ -104,9 +106,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     this.#socket = undefined
     this.#session = undefined
     socket?.disconnect()
-    for (const w of this.#waiters) w.reject(new ChatError('CLIENT_CLOSED', 'the client was closed'))
-    this.#waiters.clear()
-    for (const cancel of this.#sleepers) cancel()
+    this.#gate.close()
   }
 
   /**
@@ -122,7 +122,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
       ? { clientMsgId, content, channelId: target.channelId }
       : { clientMsgId, content, toUserId: target.toUserId }
     for (let attempt = 1; ; attempt++) {
-      const socket = await this.#whenReady(undefined, options.signal)
+      const socket = await this.#gate.wait(undefined, options.signal)
       try {
         await this.#request(socket, 'message:send', payload)
         return { clientMsgId }
@@ -131,15 +131,14 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
         const transient = err.code === 'CLIENT_TIMEOUT' || err.code === 'CLIENT_DISCONNECTED' || RETRYABLE_SEND_CODES.has(err.code)
         if (!transient) throw err
         // A disconnect waits for the next session anyway; the others back off.
-        if (err.code !== 'CLIENT_DISCONNECTED') await this.#sleep(this.#backoff(attempt), options.signal)
+        if (err.code !== 'CLIENT_DISCONNECTED') await this.#gate.sleep(this.#backoff(attempt), options.signal)
       }
     }
   }
 
   /** Creates a group channel; the creator is a member. Not retried (not idempotent). */
   async createChannel (name: string, memberIds: string[]): Promise<string> {
-    const res = await this.#call<CreateResult>('channel:create', { name, memberIds })
-    return res.channelId
+    return (await this.#call<CreateResult>('channel:create', { name, memberIds })).channelId
   }
 
   async leaveChannel (channelId: string): Promise<void> {
@@ -178,54 +177,56 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     if (this.#state === 'closed') return
     // Our own reconnect loop, not socket.io's: socket.io does not reconnect after a
     // server-side disconnect (token expiry, drain), and cannot move to another URL.
-    const socket: ClientSocket = io(url, {
-      transports: ['websocket'],
-      reconnection: false,
-      forceNew: true,
-      timeout: this.#o.connectTimeoutMs,
-      auth: { token }
-    })
+    const socket: ClientSocket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true, timeout: this.#o.connectTimeoutMs, auth: { token } })
     this.#socket = socket
-    this.#session = undefined
     this.#early = []
     this.#endHint = undefined
     // Every handler checks that its socket is still the current one: a late event of
     // a socket we gave up on must not touch the new session.
-    socket.on('connect_error', (err) => { if (this.#socket === socket) this.#lost(socket, err.message) })
-    socket.on('disconnect', (reason) => { if (this.#socket === socket) this.#lost(socket, reason) })
-    socket.on('session:end', (end) => { if (this.#socket === socket) this.#endHint = end })
-    socket.on('session:ready', (ready) => { if (this.#socket === socket) this.#onReady(socket, ready) })
-    socket.on('session:resync', () => { if (this.#socket === socket) this.#onResync(socket) })
+    const mine = () => this.#socket === socket
     const inSession = (fn: () => void) => {
-      if (this.#socket !== socket) return
+      if (!mine()) return
       if (this.#session === undefined) this.#early.push(fn)
       else fn()
     }
-    socket.on('message:new', (m) => inSession(() => this.#onMessage(m)))
-    socket.on('channel:joined', ({ channel }) => inSession(() => this.#learn(channel, false)))
-    socket.on('channel:left', ({ channelId }) => inSession(() => this.#forget(channelId)))
-    socket.on('typing', (typing) => { if (this.#socket === socket) this.emit('typing', typing) })
-    socket.on('message:rejected', (r) => { if (this.#socket === socket) this.emit('rejected', r) })
+    socket.on('connect_error', (err) => { if (mine()) this.#lost(socket, err.message) })
+    socket.on('disconnect', (reason) => { if (mine()) this.#lost(socket, reason) })
+    socket.on('session:end', (end) => { if (mine()) this.#endHint = end })
+    socket.on('session:ready', (ready) => { if (mine()) this.#opened(socket, ready) })
+    socket.on('session:resync', () => { if (mine()) this.#resync(socket) })
+    socket.on('message:new', (m) => inSession(() => this.#sync.message(m)))
+    socket.on('channel:joined', ({ channel }) => inSession(() => this.#sync.learn(channel)))
+    socket.on('channel:left', ({ channelId }) => inSession(() => this.#sync.forget(channelId)))
+    socket.on('typing', (typing) => { if (mine()) this.emit('typing', typing) })
+    socket.on('message:rejected', (r) => { if (mine()) this.emit('rejected', r) })
+  }
+
+  #opened (socket: ClientSocket, ready: SessionReady): void {
+    this.#failures = 0
+    this.#session = ready
+    this.#gate.opened(socket)
+    this.#sync.opened(ready)
+    const early = this.#early
+    this.#early = []
+    for (const replay of early) replay()
+    this.#setState('ready', { url: this.#url ?? '' })
+    this.emit('ready', ready)
   }
 
   #lost (socket: ClientSocket, reason: string): void {
     this.#socket = undefined
     this.#session = undefined
     this.#early = []
+    this.#gate.lost()
     socket.disconnect()
     if (this.#state === 'closed') return
-    const url = this.#url
     if (reason === 'UNAUTHORIZED') {
-      const err = new ChatError('UNAUTHORIZED', `the gateway refused the token (${url ?? ''})`)
-      this.emit('error', err)
-      if (typeof this.#o.token === 'string') {
-        this.close()
-        return
-      }
+      this.emit('error', new ChatError('UNAUTHORIZED', `the gateway refused the token (${this.#url ?? ''})`))
+      if (typeof this.#o.token === 'string') return this.close() // the same token cannot do better
     }
     const hint = this.#endHint
     this.#endHint = undefined
-    this.#retryLater(url, hint !== undefined ? `${hint.code}: ${hint.message}` : reason, hint?.reconnectInMs)
+    this.#retryLater(this.#url, hint !== undefined ? `${hint.code}: ${hint.message}` : reason, hint?.reconnectInMs)
   }
 
   #retryLater (url: string | undefined, reason: string, delayMs?: number): void {
@@ -235,137 +236,34 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     this.#reconnectTimer = setTimeout(() => { void this.#open() }, delayMs ?? this.#backoff(this.#failures))
   }
 
-  #onReady (socket: ClientSocket, ready: SessionReady): void {
-    const first = this.#sessions === 0
-    this.#sessions++
-    this.#failures = 0
-    this.#session = ready
-    const before = new Set(this.#tracker.channels().map((c) => c.id))
-    const listed = new Set<string>()
-    for (const channel of ready.channels) {
-      listed.add(channel.id)
-      this.#learn(channel, first)
-    }
-    // Left while we were away (another device, say).
-    for (const id of before) if (!listed.has(id)) this.#forget(id)
-    const early = this.#early
-    this.#early = []
-    for (const replay of early) replay()
-    this.#setState('ready', { url: this.#url ?? '' })
-    this.emit('ready', ready)
-    for (const w of this.#waiters) w.resolve(socket)
-    this.#waiters.clear()
-  }
-
-  #onResync (socket: ClientSocket): void {
-    const jitter = Math.floor(Math.random() * this.#o.resyncJitterMs)
-    this.#later(jitter, async () => {
-      if (this.#socket !== socket || this.#session === undefined) return // a new session catches up anyway
+  /** The gateway re-bound after a broker outage: catch up every channel that moved. */
+  #resync (socket: ClientSocket): void {
+    this.#later(Math.floor(Math.random() * this.#o.resyncJitterMs), async () => {
+      if (this.#gate.current !== socket) return // a new session catches up anyway
       try {
         const { channels } = await this.#request<ListResult>(socket, 'channels:list', {})
-        for (const channel of channels) this.#learn(channel, false)
+        for (const channel of channels) this.#sync.learn(channel)
       } catch (err) {
-        if (this.#socket === socket) this.emit('error', asChatError(err))
+        if (this.#gate.current === socket && err instanceof ChatError) this.emit('error', err)
       }
     })
   }
 
-  /** A channel from the server: track it (and announce it if new); catch up if behind. */
-  #learn (channel: ChannelSummary, firstSession: boolean): void {
-    const start = this.#resume.get(channel.id) ?? (firstSession ? Math.max(0, channel.lastSeq - this.#o.backlog) : 0)
-    if (this.#tracker.upsert(channel, start)) {
-      this.#resume.delete(channel.id)
-      if (!firstSession) this.emit('channel:joined', { ...channel })
-    }
-  }
-
-  #forget (channelId: string): void {
-    const tracked = this.#tracker.get(channelId)
-    if (tracked === undefined) return
-    // Keep the position: should the channel come back, nothing is delivered twice.
-    this.#resume.set(channelId, tracked.delivered)
-    this.#tracker.remove(channelId)
-    this.emit('channel:left', channelId)
-  }
-
-  #onMessage (m: Message): void {
-    if (this.#tracker.get(m.channelId) === undefined) {
-      // A direct channel is created by its first message and announced by nothing else.
-      const me = this.#session?.userId
-      const peerId = m.kind === 'direct' ? (m.senderId === me ? m.toUserId ?? m.senderId : m.senderId) : undefined
-      const summary: ChannelSummary = { id: m.channelId, kind: m.kind, name: peerId ?? '', lastSeq: m.seq - 1, ...(peerId !== undefined ? { peerId } : {}) }
-      this.#learn(summary, false)
-    }
-    this.#tracker.accept(m)
-  }
-
-  #fetchPage (channel: ChannelSummary, afterSeq: number, limit: number): Promise<Message[]> {
-    // Direct channels by peer: a gateway learns of a direct channel created after the
-    // session opened only at the next session, and would refuse it by id until then.
-    const target = channel.kind === 'direct' && channel.peerId !== undefined ? { withUserId: channel.peerId } : { channelId: channel.id }
-    const socket = this.#socket
-    if (socket === undefined || this.#session === undefined) return Promise.reject(new ChatError('CLIENT_DISCONNECTED', 'no session'))
-    return this.#request<HistoryResult>(socket, 'history:fetch', { ...target, afterSeq, limit }).then((r) => r.messages)
-  }
-
-  #onFetchError (err: unknown, channel: ChannelSummary): void {
-    const e = asChatError(err)
-    if (e.code === 'FORBIDDEN') {
-      this.#forget(channel.id)
-      return
-    }
-    if (e.code === 'CLIENT_DISCONNECTED' || e.code === 'CLIENT_CLOSED') return // the next session:ready fetches again
-    this.emit('error', e)
-    const socket = this.#socket
-    this.#later(this.#backoff(1), () => { if (this.#socket === socket && this.#session !== undefined) void this.#tracker.fill(channel.id) })
-  }
-
-  // --- requests ---------------------------------------------------------------
+  // --- helpers ----------------------------------------------------------------
 
   /** A request that waits (up to ackTimeoutMs) for a session, tried once. */
-  async #call<R extends object = Record<never, never>> (event: keyof ClientToServerEvents, payload: object): Promise<R> {
-    const socket = await this.#whenReady(this.#o.ackTimeoutMs)
-    return await this.#request<R>(socket, event, payload)
+  async #call<R extends object = Record<never, never>> (event: Parameters<typeof request>[1], payload: object): Promise<R> {
+    return await this.#request<R>(await this.#gate.wait(this.#o.ackTimeoutMs), event, payload)
   }
 
-  async #request<R extends object = Record<never, never>> (socket: ClientSocket, event: keyof ClientToServerEvents, payload: object): Promise<R> {
-    let res: Ack<R>
+  async #request<R extends object = Record<never, never>> (socket: ClientSocket, event: Parameters<typeof request>[1], payload: object): Promise<R> {
     try {
-      // The event map types acks loosely (payloads are validated server-side); this is the one cast.
-      res = await (socket.timeout(this.#o.ackTimeoutMs).emitWithAck as (ev: string, p: object) => Promise<Ack<R>>)(event, payload)
-    } catch (cause) {
-      if (this.#state === 'closed') throw new ChatError('CLIENT_CLOSED', 'the client was closed', { cause })
-      throw socket.connected
-        ? new ChatError('CLIENT_TIMEOUT', `no answer to ${event} within ${this.#o.ackTimeoutMs} ms`, { cause })
-        : new ChatError('CLIENT_DISCONNECTED', `disconnected before ${event} was answered`, { cause })
+      return await request<R>(socket, event, payload, this.#o.ackTimeoutMs)
+    } catch (err) {
+      if (this.#state === 'closed') throw new ChatError('CLIENT_CLOSED', 'the client was closed', { cause: err })
+      throw err
     }
-    if (!res.ok) throw new ChatError(res.error.code, res.error.message)
-    return res
   }
-
-  /** The current socket once its session is ready; waits across reconnects. */
-  #whenReady (timeoutMs?: number, signal?: AbortSignal): Promise<ClientSocket> {
-    if (this.#state === 'closed') return Promise.reject(new ChatError('CLIENT_CLOSED', 'the client is closed'))
-    if (signal?.aborted === true) return Promise.reject(new ChatError('CLIENT_ABORTED', 'aborted', { cause: signal.reason }))
-    if (this.#socket !== undefined && this.#session !== undefined) return Promise.resolve(this.#socket)
-    return new Promise<ClientSocket>((resolve, reject) => {
-      let timer: Timer | undefined
-      const onAbort = () => done(new ChatError('CLIENT_ABORTED', 'aborted', { cause: signal?.reason }))
-      const done = (err?: ChatError, socket?: ClientSocket) => {
-        this.#waiters.delete(waiter)
-        clearTimeout(timer)
-        signal?.removeEventListener('abort', onAbort)
-        if (socket !== undefined) resolve(socket)
-        else reject(err)
-      }
-      const waiter: Waiter = { resolve: (socket) => done(undefined, socket), reject: (err) => done(err) }
-      this.#waiters.add(waiter)
-      signal?.addEventListener('abort', onAbort)
-      if (timeoutMs !== undefined) timer = setTimeout(() => done(new ChatError('CLIENT_DISCONNECTED', `no session within ${timeoutMs} ms`)), timeoutMs)
-    })
-  }
-
-  // --- small helpers ----------------------------------------------------------
 
   #pickUrl (attempt: number): string {
     const u = this.#o.url
@@ -392,31 +290,6 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     }, ms)
     this.#timers.add(timer)
   }
-
-  #sleep (ms: number, signal?: AbortSignal): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const finish = (err?: ChatError) => {
-        clearTimeout(timer)
-        this.#sleepers.delete(cancel)
-        signal?.removeEventListener('abort', onAbort)
-        if (err === undefined) resolve()
-        else reject(err)
-      }
-      const cancel = () => finish(new ChatError('CLIENT_CLOSED', 'the client was closed'))
-      const onAbort = () => finish(new ChatError('CLIENT_ABORTED', 'aborted', { cause: signal?.reason }))
-      const timer = setTimeout(() => finish(), ms)
-      if (this.#state === 'closed') {
-        cancel()
-        return
-      }
-      this.#sleepers.add(cancel)
-      signal?.addEventListener('abort', onAbort, { once: true })
-    })
-  }
-}
-
-function asChatError (err: unknown): ChatError {
-  return err instanceof ChatError ? err : new ChatError('INTERNAL', err instanceof Error ? err.message : String(err), { cause: err })
 }
 
 /** Same as `new ChatClient(options)`. */
