@@ -126,6 +126,24 @@ t.test('send: a generated clientMsgId, idempotent retries, refusals surfaced wit
   await t.rejects(late.client.send({ toUserId: 'sd-dee' }, 'too late'), { code: 'CLIENT_CLOSED' })
 })
 
+t.test('a direct channel created by its first message is usable by id at once: typing, sends, history', async (t) => {
+  const ora = await sdkUser(t, gw.url, 'dc-ora')
+  const pat = await sdkUser(t, gw.url, 'dc-pat')
+  const typing: Array<{ channelId: string, userId: string }> = []
+  ora.client.on('typing', (e) => typing.push(e))
+  await ora.client.send({ toUserId: 'dc-pat' }, 'first')
+  await waitUntil(() => pat.received.length === 1 && ora.received.length === 1, 15_000)
+  const channelId = pat.received[0]!.channelId
+  t.match(pat.client.channels().find((c) => c.id === channelId), { kind: 'direct', peerId: 'dc-ora' })
+  await pat.client.typing(channelId)
+  await waitUntil(() => typing.length > 0, 15_000)
+  t.same(typing[0], { channelId, userId: 'dc-pat' })
+  await pat.client.send({ channelId }, 'reply by channel id')
+  await ora.waitForCount(channelId, 2) // an ack means queued; arrival means stored
+  t.same(ora.of(channelId).map((m) => m.seq), [1, 2])
+  t.same((await pat.client.history({ channelId })).map((m) => m.content), ['first', 'reply by channel id'])
+})
+
 t.test('a channel joined while connected is announced and delivered from its first message; typing passes through', async (t) => {
   const gil = await connectUser(t, gw.url, 'jn-gil')
   const hal = await sdkUser(t, gw.url, 'jn-hal')
