@@ -94,8 +94,9 @@ export class ChannelSync {
 }
 
 /**
- * Direct channels are fetched by peer: a gateway learns of a direct channel created
- * after the session opened only at the next session, and refuses it by id until then.
+ * Direct channels are fetched by peer: a gateway learns of a direct channel from its
+ * first message, a moment after delivering it (and older gateways only at the next
+ * session), and refuses it by id until then; by peer works either way.
  */
 function historyTarget (channel: ChannelSummary): { channelId: string } | { withUserId: string } {
   return channel.kind === 'direct' && channel.peerId !== undefined ? { withUserId: channel.peerId } : { channelId: channel.id }
