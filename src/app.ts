@@ -11,6 +11,7 @@ import brokerPlugin from './plugins/broker.js'
 import bindingsPlugin from './plugins/bindings.js'
 import gatewayPlugin from './plugins/gateway.js'
 import socketIoPlugin from './plugins/socket-io.js'
+import demoRoutes from './routes/demo.js'
 import healthRoutes from './routes/health.js'
 import { checkPortFree, StartupError, waitForBroker } from './startup.js'
 
@@ -44,6 +45,8 @@ const app = fp<AppOptions>(async (fastify, opts) => {
   await fastify.register(socketIoPlugin, { config })
   await fastify.register(gatewayPlugin, { config, defaultMetrics: opts.defaultMetrics ?? true })
   await fastify.register(healthRoutes, { config })
+  // Off unless DEMO_ENABLED / DEV_TOKENS_ENABLED: the demo page and POST /dev/token.
+  await fastify.register(demoRoutes, { config })
 }, { name: 'chat-gateway', fastify: '5.x' })
 
 export default app

@@ -60,19 +60,26 @@ function start (name: string, url: string, args: string[], env: Record<string, s
 }
 
 start('worker', `http://127.0.0.1:${workerPort}`, ['dist/src/worker/main.js'], { WORKER_PORT: String(workerPort), SERVER_ID: 'worker-1' })
+// Outside production the local cluster serves the demo page and signs dev tokens.
+const demo = config.NODE_ENV !== 'production'
 for (let i = 0; i < gateways; i++) {
   const port = basePort + i
   start(`gateway-${i + 1}`, `http://127.0.0.1:${port}`, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-o', 'dist/src/app.js'], {
     PORT: String(port),
     SERVER_ID: `gateway-${i + 1}`,
     // Graceful drain needs more than fastify-cli's 500 ms default.
-    FASTIFY_CLOSE_GRACE_DELAY: '15000'
+    FASTIFY_CLOSE_GRACE_DELAY: '15000',
+    ...(demo ? { DEMO_ENABLED: 'true', DEV_TOKENS_ENABLED: 'true' } : {})
   })
 }
 
 process.stdout.write(`chat cluster: broker ${redactUrl(config.AMQP_URL)} prefix "${config.BROKER_PREFIX}", database ${database}\n`)
 for (const c of children) {
   process.stdout.write(`  ${c.name.padEnd(10)} ${c.url}${c.name === 'worker' ? '  (/health /ready /metrics)' : '  (Socket.IO, /health /ready /metrics)'}\n`)
+}
+if (demo) {
+  const pages = children.filter((c) => c.name !== 'worker').map((c) => `${c.url}/`)
+  process.stdout.write(`  demo       ${pages.join('  ')}  (open two, pick two names, chat)\n`)
 }
 process.stdout.write('Ctrl-C stops everything.\n')
 

@@ -112,6 +112,12 @@ export interface ServerToClientEvents {
   'channel:left': (left: { channelId: string }) => void
   'typing': (typing: { channelId: string, userId: string }) => void
   /**
+   * Live delivery to this socket may have missed messages although the socket stayed
+   * connected (the gateway lost its broker connection and has re-bound every key):
+   * catch up from history as after a session:ready.
+   */
+  'session:resync': (resync: { reason: 'BROKER_RECONNECTED' }) => void
+  /**
    * The server ends this socket on purpose. TOKEN_EXPIRED: at once, reconnect with a
    * new token. DRAINING: the server is shutting down and disconnects the socket after
    * reconnectInMs; reconnect (elsewhere) then, or earlier.

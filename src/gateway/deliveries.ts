@@ -41,8 +41,20 @@ export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: G
           metrics.deliveries.inc({ type: 'duplicate' })
           return
         }
-        if (m.kind === 'group') io.to(channelRoom(m.channelId)).emit('message:new', m)
-        else io.to([userRoom(m.senderId), userRoom(m.toUserId ?? m.senderId)]).emit('message:new', m)
+        if (m.kind === 'group') {
+          io.to(channelRoom(m.channelId)).emit('message:new', m)
+          return
+        }
+        const to = m.toUserId ?? m.senderId
+        io.to([userRoom(m.senderId), userRoom(to)]).emit('message:new', m)
+        // A direct channel is created by its first message and no `joined` announces it:
+        // learn it here, or typing, sends and history by its id are refused until the
+        // users reconnect. joined() does nothing for users not on this gateway.
+        for (const [userId, peerId] of [[m.senderId, to], [to, m.senderId]] as const) {
+          if (sessions.channelOf(userId, m.channelId) === undefined) {
+            void sessions.joined(userId, { id: m.channelId, kind: 'direct', name: peerId, lastSeq: m.seq, peerId })
+          }
+        }
         return
       }
       case 'typing':

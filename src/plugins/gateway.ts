@@ -47,7 +47,13 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
     metrics.bindOps.inc({ op })
     metrics.bindLatency.observe({ op }, durationMs / 1000)
   })
-  app.bindings.on('rebound', ({ durationMs }) => metrics.rebind.observe(durationMs / 1000))
+  app.bindings.on('rebound', ({ generation, durationMs }) => {
+    metrics.rebind.observe(durationMs / 1000)
+    // The old queue died with the connection, and whatever was routed while no key was
+    // bound is gone; connected sockets cannot know. Every key is back now, so a history
+    // fetch from here on covers the hole (docs/PROTOCOL.md, recovery flow).
+    if (generation > 1) io.local.emit('session:resync', { reason: 'BROKER_RECONNECTED' })
+  })
   app.deliveries.handle = createDeliveryHandler(io, sessions, metrics, log)
   const stopSweep = watchSlowConsumers(io, {
     maxPendingPackets: config.SOCKET_MAX_PENDING_PACKETS,

@@ -1,0 +1,103 @@
+/**
+ * The client's side of the recovery flow (docs/PROTOCOL.md): which channels the user
+ * has, where each one starts, and when to catch up. ChannelTracker orders and fetches
+ * per channel; this decides what to feed it from the server's events.
+ */
+import type { ChannelSummary, Message, SessionReady } from '../contracts/protocol.js'
+import { ChannelTracker, type TrackerStats } from './channel-tracker.js'
+import { ChatError } from './errors.js'
+
+export interface ChannelSyncOptions {
+  /** Latest messages delivered per channel known at the first session. */
+  backlog: number
+  resumeFrom: Record<string, number>
+  pageSize: number
+  /** One history page on the open session (rejects CLIENT_DISCONNECTED without one). */
+  fetchPage: (target: { channelId: string } | { withUserId: string }, afterSeq: number, limit: number) => Promise<Message[]>
+  message: (message: Message) => void
+  joined: (channel: ChannelSummary) => void
+  left: (channelId: string) => void
+  error: (err: ChatError) => void
+  /** Runs `again` after a pause if the session is still the same one. */
+  retryLater: (again: () => void) => void
+}
+
+export class ChannelSync {
+  readonly #o: ChannelSyncOptions
+  readonly #tracker: ChannelTracker
+  /** Start positions of channels not tracked now (given, or kept after leaving). */
+  readonly #resume: Map<string, number>
+  #sessions = 0
+  #me: string | undefined
+
+  constructor (options: ChannelSyncOptions) {
+    this.#o = options
+    this.#resume = new Map(Object.entries(options.resumeFrom))
+    this.#tracker = new ChannelTracker({
+      pageSize: options.pageSize,
+      fetchPage: (channel, afterSeq, limit) => options.fetchPage(historyTarget(channel), afterSeq, limit),
+      deliver: options.message,
+      onFetchError: (err, channel) => this.#fetchFailed(err, channel)
+    })
+  }
+
+  get sessions (): number { return this.#sessions }
+  get stats (): TrackerStats { return this.#tracker.stats }
+  channels (): ChannelSummary[] { return this.#tracker.channels() }
+  positions (): Record<string, number> { return { ...Object.fromEntries(this.#resume), ...this.#tracker.positions() } }
+
+  /** session:ready: track its channels, drop those it no longer lists, catch up. */
+  opened (ready: SessionReady): void {
+    const first = this.#sessions++ === 0
+    this.#me = ready.userId
+    const listed = new Set(ready.channels.map((c) => c.id))
+    const before = this.#tracker.channels().map((c) => c.id)
+    for (const channel of ready.channels) this.learn(channel, first)
+    // Left while we were away (from another device, say).
+    for (const id of before) if (!listed.has(id)) this.forget(id)
+  }
+
+  /** A channel from the server (session:ready, channel:joined, channels:list): track it, catch up if behind. */
+  learn (channel: ChannelSummary, firstSession = false): void {
+    const start = this.#resume.get(channel.id) ?? (firstSession ? Math.max(0, channel.lastSeq - this.#o.backlog) : 0)
+    if (!this.#tracker.upsert(channel, start)) return
+    this.#resume.delete(channel.id)
+    if (!firstSession) this.#o.joined({ ...channel })
+  }
+
+  forget (channelId: string): void {
+    const tracked = this.#tracker.get(channelId)
+    if (tracked === undefined) return
+    // Keep the position: should the channel come back, nothing is delivered twice.
+    this.#resume.set(channelId, tracked.delivered)
+    this.#tracker.remove(channelId)
+    this.#o.left(channelId)
+  }
+
+  /** message:new. */
+  message (m: Message): void {
+    if (this.#tracker.get(m.channelId) === undefined) {
+      // A direct channel is created by its first message and announced by nothing else.
+      const peerId = m.kind === 'direct' ? (m.senderId === this.#me ? m.toUserId ?? m.senderId : m.senderId) : undefined
+      this.learn({ id: m.channelId, kind: m.kind, name: peerId ?? '', lastSeq: m.seq - 1, ...(peerId !== undefined ? { peerId } : {}) })
+    }
+    this.#tracker.accept(m)
+  }
+
+  #fetchFailed (err: unknown, channel: ChannelSummary): void {
+    const e = err instanceof ChatError ? err : new ChatError('INTERNAL', String(err), { cause: err })
+    if (e.code === 'FORBIDDEN') return this.forget(channel.id) // no longer a member
+    if (e.code === 'CLIENT_DISCONNECTED' || e.code === 'CLIENT_CLOSED') return // the next session:ready fetches again
+    this.#o.error(e)
+    this.#o.retryLater(() => { void this.#tracker.fill(channel.id) })
+  }
+}
+
+/**
+ * Direct channels are fetched by peer: a gateway learns of a direct channel from its
+ * first message, a moment after delivering it (and older gateways only at the next
+ * session), and refuses it by id until then; by peer works either way.
+ */
+function historyTarget (channel: ChannelSummary): { channelId: string } | { withUserId: string } {
+  return channel.kind === 'direct' && channel.peerId !== undefined ? { withUserId: channel.peerId } : { channelId: channel.id }
+}
