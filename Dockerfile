@@ -24,6 +24,8 @@ COPY --from=deps /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY package.json ./
 COPY migrations ./migrations
+# The demo page; served only when DEMO_ENABLED=true.
+COPY public ./public
 USER node
 EXPOSE 8080 9091
 # The gateway, exactly as `npm start`; fly.toml's [processes] runs the worker from the same image.
