@@ -13,6 +13,7 @@ import { compile } from '../../src/contracts/validate.js'
 import { CLIENT_ERROR_CODES } from '../../src/errors.js'
 import { disconnected, emitAny, emitRaw, rawConnection } from '../helpers/attack.js'
 import { connectUser, settle, tokenFor } from '../helpers/client.js'
+import { parsePrometheus } from '../helpers/prometheus.js'
 import {
   badInt, badText, badUserId, badUuid, extraKey, hostileValue, spec, validText, validUserId, validUuid, withKey
 } from '../helpers/hostile.js'
@@ -148,6 +149,13 @@ t.test('a few hundred random payloads to every event and to unknown events: code
   t.ok((codes.get('VALIDATION') ?? 0) > 50, 'many payloads were refused as VALIDATION')
   t.ok((codes.get('ok') ?? 0) > 0 && (codes.get('FORBIDDEN') ?? 0) > 0, 'some payloads were valid, some reached the membership check')
   t.ok(fuzzers.every((f) => f.socket.connected), 'no fuzzing socket was disconnected')
+
+  // Metric labels come from the protocol, never from what clients send: fuzzing cannot grow them.
+  const { samples } = parsePrometheus(await (await fetch(`${gw.url}/metrics`)).text())
+  const labelled = samples.filter((s) => s.name.startsWith('chat_gateway_event'))
+  t.ok(labelled.length > 0, 'event metrics are exposed')
+  t.same([...new Set(labelled.map((s) => s.labels.event))].filter((e) => e !== 'unknown' && !Object.hasOwn(EVENTS, e ?? '')), [], 'event labels are protocol events or "unknown"')
+  t.same([...new Set(labelled.map((s) => s.labels.code).filter((c) => c !== undefined))].filter((c) => !(CLIENT_ERROR_CODES as readonly string[]).includes(c!)), [], 'code labels are catalogue codes')
 
   // Still healthy, and a normal message still goes through.
   t.equal((await fetch(`${gw.url}/health`)).status, 200, '/health')

@@ -51,7 +51,7 @@ t.test('every limit has a sane default and cannot be configured away', async (t)
   t.throws(() => loadConfig('gateway', { JWT_SECRET: 'short' }), ConfigError, 'a short JWT_SECRET is refused')
 })
 
-t.test('development conveniences are off by default: GET / and /dev/token answer 404', async (t) => {
+t.test('development conveniences are off by default: GET / and /dev/token answer 404, no long-polling', async (t) => {
   const gw = await startTestGateway(t, env)
   t.equal(gw.config.DEMO_ENABLED, false)
   t.equal(gw.config.DEV_TOKENS_ENABLED, false)
@@ -61,6 +61,8 @@ t.test('development conveniences are off by default: GET / and /dev/token answer
   t.equal(post.status, 404, 'POST /dev/token')
   t.notOk((await post.text()).includes('.ey'), 'no token in the answer')
   t.equal((await fetch(`${gw.url}/dev/token?userId=admin`)).status, 404, 'GET /dev/token')
+  t.equal(gw.config.SOCKET_TRANSPORTS, 'websocket')
+  t.equal((await fetch(`${gw.url}/socket.io/?EIO=4&transport=polling`)).status, 400, 'HTTP long-polling is off by default')
   t.equal((await fetch(`${gw.url}/health`)).status, 200, 'control: the gateway answers HTTP')
 })
 
