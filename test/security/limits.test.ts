@@ -144,6 +144,10 @@ t.test('CONNECT packets sent back to back on one connection cannot exceed the ca
   await waitUntil(() => one.closed() || answered(one) >= 10, 15_000, 'answers to every CONNECT')
   await settle(500)
   t.ok(mostOfUser <= 2, `the user never held more than USER_MAX_SOCKETS sessions (most: ${mostOfUser}, ${reachedConnection} handshakes got past the middleware)`)
+  const ended = (conn: Awaited<ReturnType<typeof rawConnection>>) => conn.packets
+    .filter((p) => p.type === 2 && Array.isArray(p.data) && p.data[0] === 'session:end').map((p) => (p.data as [string, { code: string }])[1].code)
+  t.ok(one.packets.some((p) => p.type === 4) || (one.closed() && ended(one).includes('RATE_LIMITED')),
+    'the CONNECTs over the cap were refused (connect_error, or session:end RATE_LIMITED and the connection closed)')
 
   reachedConnection = 0
   const many = await rawConnection(t, gw.url)
@@ -151,6 +155,8 @@ t.test('CONNECT packets sent back to back on one connection cannot exceed the ca
   await waitUntil(() => many.closed() || answered(many) >= 10, 15_000, 'answers to every CONNECT')
   await settle(500)
   t.ok(mostOnGateway <= 5, `the gateway never held more than GATEWAY_MAX_SOCKETS sessions (most: ${mostOnGateway}, ${reachedConnection} handshakes got past the middleware)`)
+  t.ok(many.packets.some((p) => p.type === 4) || (many.closed() && ended(many).includes('UNAVAILABLE')),
+    'the CONNECTs over the cap were refused (connect_error, or session:end UNAVAILABLE and the connection closed)')
   t.equal((await fetch(`${gw.url}/health`)).status, 200, 'the gateway is alive')
 })
 
