@@ -112,9 +112,14 @@ export class ConfigError extends Error {
  */
 export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): Config {
   const raw: Record<string, unknown> = {}
-  for (const key of Object.keys(ConfigSchema.properties)) {
-    const value = env[key]
-    if (value !== undefined && value !== '') raw[key] = value.trim()
+  for (const [key, schema] of Object.entries(ConfigSchema.properties as Record<string, TSchema>)) {
+    const value = env[key]?.trim()
+    if (value === undefined || value === '') continue
+    // Value.Convert reads integers with parseInt ('15e3' → 15, '1.5' → 1): accept digits only.
+    if (schema.type === 'integer' && !/^[+-]?\d+$/.test(value)) {
+      throw new ConfigError(`${key} is invalid (${JSON.stringify(env[key])}): ${describe(schema, 'expected an integer')}`)
+    }
+    raw[key] = value
   }
   const converted = Value.Convert(ConfigSchema, Value.Default(ConfigSchema, raw))
   const first = Value.Errors(ConfigSchema, converted).First()

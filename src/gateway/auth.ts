@@ -20,7 +20,8 @@ export function createTokenVerifier (config: Pick<Config, 'JWT_SECRET' | 'JWT_IS
   const verify = createVerifier({
     key: config.JWT_SECRET,
     algorithms: ['HS256'],
-    requiredClaims: ['sub'],
+    // fast-jwt checks iss/aud only when the token has them: require them when configured.
+    requiredClaims: ['sub', ...(config.JWT_ISSUER !== '' ? ['iss'] : []), ...(config.JWT_AUDIENCE !== '' ? ['aud'] : [])],
     clockTolerance: 5,
     cache: 10_000,
     ...(config.JWT_ISSUER !== '' ? { allowedIss: config.JWT_ISSUER } : {}),

@@ -35,15 +35,19 @@ export function handle<S extends TSchema, R extends object> (
   run: (payload: Static<S>) => Promise<R>
 ): void {
   const validate = compile(schema)
-  socket.on(event, (payload: unknown, ack?: unknown) => {
-    const reply = typeof ack === 'function' ? ack as (res: unknown) => void : undefined
+  socket.on(event, (...args: unknown[]) => {
+    // Socket.IO passes the client's ack last (only it can be a function), after exactly
+    // one payload; answer malformed calls too, whatever their shape.
+    const last = args.at(-1)
+    const reply = typeof last === 'function' ? last as (res: unknown) => void : undefined
+    const params = reply === undefined ? args : args.slice(0, -1)
     ctx.metrics.events.inc({ event })
     if (!allow()) {
       ctx.metrics.errors.inc({ event, code: 'RATE_LIMITED' })
       reply?.({ ok: false, error: { code: 'RATE_LIMITED', message: 'too many events; slow down' } })
       return
     }
-    const checked = validate(payload)
+    const checked = params.length === 1 ? validate(params[0]) : { ok: false as const, reason: `expected one payload, got ${params.length}` }
     if (!checked.ok) {
       ctx.metrics.errors.inc({ event, code: 'VALIDATION' })
       reply?.({ ok: false, error: { code: 'VALIDATION', message: checked.reason } })

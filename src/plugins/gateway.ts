@@ -90,6 +90,17 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   })
 
   io.on('connection', (socket) => {
+    // The middleware above runs before earlier sockets are attached, so CONNECT packets
+    // sent back to back on one connection all pass its caps. Counts are exact here.
+    const over = sessions.socketCount >= config.GATEWAY_MAX_SOCKETS
+      ? 'UNAVAILABLE'
+      : sessions.socketsOf(socket.data.userId) >= config.USER_MAX_SOCKETS ? 'RATE_LIMITED' : undefined
+    if (over !== undefined) {
+      metrics.connections.inc({ outcome: 'refused' })
+      socket.emit('session:end', { code: over, message: 'too many sockets' })
+      socket.disconnect(true)
+      return
+    }
     metrics.connections.inc({ outcome: 'accepted' })
     sessions.attach(socket)
     registerHandlers(ctx, socket)

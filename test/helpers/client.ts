@@ -30,8 +30,9 @@ export async function connectRaw (url: string, auth: Record<string, unknown>, op
   return socket
 }
 
-export async function connectUser (t: Test, url: string, userId: string, opts: { timeoutMs?: number } = {}): Promise<TestClient> {
-  const socket: ClientSocket = io(url, { transports: ['websocket'], auth: { token: tokenFor(userId) }, reconnection: false, forceNew: true })
+/** A user's socket, resolved at `session:ready`; `token` replaces the usual one-hour token for `userId`. */
+export async function connectUser (t: Test, url: string, userId: string, opts: { timeoutMs?: number, token?: string } = {}): Promise<TestClient> {
+  const socket: ClientSocket = io(url, { transports: ['websocket'], auth: { token: opts.token ?? tokenFor(userId) }, reconnection: false, forceNew: true })
   t.teardown(() => { socket.disconnect() })
   const events: TestClient['events'] = []
   const waiters = new Set<{ event: string, match: (p: any) => boolean, resolve: (p: any) => void }>()
