@@ -109,7 +109,7 @@ export function createChannelsRepository (db: Database) {
       const ids = new Map<string, string>()
       if (wanted.size === 0) return ids
       const keys = [...wanted.keys()]
-      const found = await tx.select({ id: channels.id, key: channels.directKey }).from(channels).where(inArray(channels.directKey, keys))
+      const found = await tx.select({ id: channels.id, key: channels.directKey }).from(channels).where(sql`${channels.directKey} = any(${sql.param(keys)}::text[])`)
       for (const r of found) if (r.key !== null) ids.set(r.key, r.id)
       const missing = keys.filter((k) => !ids.has(k))
       if (missing.length > 0) {
@@ -137,11 +137,12 @@ export function createChannelsRepository (db: Database) {
     /** (channel, user) pairs among those given that are memberships, with the channel's kind and key. */
     async memberships (pairs: Array<{ channelId: string, userId: string }>, tx: Database = db) {
       if (pairs.length === 0) return []
-      const list = sql.join(pairs.map((p) => sql`(${p.channelId}::uuid, ${p.userId}::text)`), sql`, `)
+      // Arrays, not a row list: one prepared statement for every batch size.
+      const pairsTable = sql`unnest(${sql.param(pairs.map((p) => p.channelId))}::uuid[], ${sql.param(pairs.map((p) => p.userId))}::text[])`
       return await tx.select({ channelId: members.channelId, userId: members.userId, kind: channels.kind, directKey: channels.directKey })
         .from(members)
         .innerJoin(channels, eq(channels.id, members.channelId))
-        .where(sql`(${members.channelId}, ${members.userId}) in (${list})`)
+        .where(sql`(${members.channelId}, ${members.userId}) in (select * from ${pairsTable})`)
     }
   }
 }

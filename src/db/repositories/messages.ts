@@ -1,7 +1,7 @@
 /**
  * Messages: batched, idempotent persistence with gapless per-channel seq, and history.
  */
-import { and, asc, desc, eq, gt, inArray, lt, sql } from 'drizzle-orm'
+import { and, asc, desc, eq, gt, lt, sql, type SQL } from 'drizzle-orm'
 import { channels, messages } from '../../../drizzle/schema.js'
 import type { SendCommand } from '../../contracts/envelopes.js'
 import type { ChannelKind, Message } from '../../contracts/protocol.js'
@@ -24,20 +24,36 @@ export class ConcurrentInsertError extends Error {
   readonly code = 'APP_CONCURRENT_INSERT'
 }
 
-type Row = typeof messages.$inferSelect
+/** A messages row as PostgreSQL returns it to a raw query (bigints may come back as strings); the query builder's rows are mapped to it. */
+interface RawMessage {
+  id: string | number
+  channel_id: string
+  seq: string | number
+  sender_id: string
+  to_user_id: string | null
+  client_msg_id: string
+  content: string
+  created_at: Date | string
+}
 
-export function toMessage (row: Row, kind: ChannelKind): Message {
+export function rawToMessage (row: RawMessage, kind: ChannelKind): Message {
   return {
     id: String(row.id),
-    channelId: row.channelId,
+    channelId: row.channel_id,
     kind,
-    seq: row.seq,
-    senderId: row.senderId,
-    ...(row.toUserId !== null ? { toUserId: row.toUserId } : {}),
+    seq: Number(row.seq),
+    senderId: row.sender_id,
+    ...(row.to_user_id !== null ? { toUserId: row.to_user_id } : {}),
     content: row.content,
-    clientMsgId: row.clientMsgId,
-    createdAt: row.createdAt.toISOString()
+    clientMsgId: row.client_msg_id,
+    createdAt: (row.created_at instanceof Date ? row.created_at : new Date(row.created_at)).toISOString()
   }
+}
+
+/** Rows of a raw statement. Drivers differ in the result's shape (postgres.js: an array), hence the cast. */
+async function rows<T> (db: Database, query: SQL): Promise<T[]> {
+  const result = await db.execute(query) as unknown as T[] | { rows: T[] }
+  return Array.isArray(result) ? result : result.rows
 }
 
 export function createMessagesRepository (db: Database) {
@@ -64,13 +80,14 @@ export function createMessagesRepository (db: Database) {
         })
         const unique = [...firstIndex.values()]
 
-        // 1. Already stored?
-        const list = sql.join(unique.map((i) => sql`(${commands[i]!.senderId}::text, ${commands[i]!.clientMsgId}::uuid)`), sql`, `)
-        const existing = await tx.select({ row: messages, kind: channels.kind })
-          .from(messages)
-          .innerJoin(channels, eq(channels.id, messages.channelId))
-          .where(sql`(${messages.senderId}, ${messages.clientMsgId}) in (${list})`)
-        const stored = new Map(existing.map((e) => [`${e.row.senderId}\n${e.row.clientMsgId}`, toMessage(e.row, e.kind)]))
+        // 1. Already stored? One array parameter per column (unnest), not a 500-parameter
+        // row list: the statement is the same for every batch (prepared once), and the
+        // planner joins against the unique index instead of OR-ing 250 index probes.
+        const existing = await rows<RawMessage & { kind: ChannelKind }>(tx, sql`
+          select m.*, c.kind from unnest(${sql.param(unique.map((i) => commands[i]!.senderId))}::text[], ${sql.param(unique.map((i) => commands[i]!.clientMsgId))}::uuid[]) as k(sender_id, client_msg_id)
+          join messages m on m.sender_id = k.sender_id and m.client_msg_id = k.client_msg_id
+          join channels c on c.id = m.channel_id`)
+        const stored = new Map(existing.map((e) => [`${e.sender_id}\n${e.client_msg_id}`, rawToMessage(e, e.kind)]))
         const fresh: number[] = []
         for (const i of unique) {
           const c = commands[i]!
@@ -116,34 +133,41 @@ export function createMessagesRepository (db: Database) {
           else list.push(i)
         }
         if (perChannel.size > 0) {
-          const ids = [...perChannel.keys()]
-          await tx.select({ id: channels.id }).from(channels).where(inArray(channels.id, ids)).orderBy(asc(channels.id)).for('update')
-          const bump = sql.join(ids.map((id) => sql`when ${id}::uuid then ${perChannel.get(id)!.length}::bigint`), sql` `)
-          const bumped = await tx.update(channels)
-            .set({ lastSeq: sql`${channels.lastSeq} + (case ${channels.id} ${bump} end)` })
-            .where(inArray(channels.id, ids))
-            .returning({ id: channels.id, lastSeq: channels.lastSeq })
-          const values: Array<typeof messages.$inferInsert> = []
+          const ids = [...perChannel.keys()].sort()
+          await tx.execute(sql`select id from channels where id = any(${sql.param(ids)}::uuid[]) order by id for update`)
+          const bumped = await rows<{ id: string, last_seq: string | number }>(tx, sql`
+            update channels c set last_seq = c.last_seq + k.n
+            from unnest(${sql.param(ids)}::uuid[], ${sql.param(ids.map((id) => perChannel.get(id)!.length))}::bigint[]) as k(id, n)
+            where c.id = k.id
+            returning c.id, c.last_seq`)
+          const cols = { channelId: [] as string[], seq: [] as number[], senderId: [] as string[], toUserId: [] as Array<string | null>, clientMsgId: [] as string[], content: [] as string[] }
           const order: number[] = []
-          for (const { id, lastSeq } of bumped) {
+          for (const { id, last_seq: lastSeq } of bumped) {
             const indexes = perChannel.get(id)!
-            let seq = lastSeq - indexes.length
+            let seq = Number(lastSeq) - indexes.length
             for (const i of indexes) {
               const c = commands[i]!
-              const t = target.get(i)!
-              values.push({ channelId: id, seq: ++seq, senderId: c.senderId, toUserId: t.toUserId ?? null, clientMsgId: c.clientMsgId, content: c.content })
+              cols.channelId.push(id)
+              cols.seq.push(++seq)
+              cols.senderId.push(c.senderId)
+              cols.toUserId.push(target.get(i)!.toUserId ?? null)
+              cols.clientMsgId.push(c.clientMsgId)
+              cols.content.push(c.content)
               order.push(i)
             }
           }
-          const inserted = await tx.insert(messages).values(values)
-            .onConflictDoNothing({ target: [messages.senderId, messages.clientMsgId] })
-            .returning()
+          const inserted = await rows<RawMessage>(tx, sql`
+            insert into messages (channel_id, seq, sender_id, to_user_id, client_msg_id, content)
+            select * from unnest(${sql.param(cols.channelId)}::uuid[], ${sql.param(cols.seq)}::bigint[], ${sql.param(cols.senderId)}::text[],
+              ${sql.param(cols.toUserId)}::text[], ${sql.param(cols.clientMsgId)}::uuid[], ${sql.param(cols.content)}::text[])
+            on conflict (sender_id, client_msg_id) do nothing
+            returning *`)
           // Fewer rows: another transaction stored one of these first. Its seq would leave a gap; start over.
-          if (inserted.length !== values.length) throw new ConcurrentInsertError('a message of this batch was stored concurrently')
-          const byKey = new Map(inserted.map((r) => [`${r.senderId}\n${r.clientMsgId}`, r]))
+          if (inserted.length !== order.length) throw new ConcurrentInsertError('a message of this batch was stored concurrently')
+          const byKey = new Map(inserted.map((r) => [`${r.sender_id}\n${r.client_msg_id}`, r]))
           for (const i of order) {
             const c = commands[i]!
-            outcomes[i] = { status: 'stored', message: toMessage(byKey.get(`${c.senderId}\n${c.clientMsgId}`)!, target.get(i)!.kind) }
+            outcomes[i] = { status: 'stored', message: rawToMessage(byKey.get(`${c.senderId}\n${c.clientMsgId}`)!, target.get(i)!.kind) }
           }
         }
 
@@ -181,7 +205,10 @@ export function createMessagesRepository (db: Database) {
         .orderBy(newestFirst ? desc(messages.seq) : asc(messages.seq))
         .limit(q.limit)
       if (newestFirst) rows.reverse()
-      return rows.map((r) => toMessage(r, channel.kind))
+      return rows.map((r) => rawToMessage({
+        id: r.id, channel_id: r.channelId, seq: r.seq, sender_id: r.senderId, to_user_id: r.toUserId,
+        client_msg_id: r.clientMsgId, content: r.content, created_at: r.createdAt
+      }, channel.kind))
     }
   }
 }
