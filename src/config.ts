@@ -67,7 +67,6 @@ export const ConfigSchema = Type.Object({
   SOCKET_MAX_BUFFER_BYTES: Int('Bytes a socket may have waiting in its WebSocket before it counts as a slow consumer and is disconnected.', 2_097_152, 16_384, 1_073_741_824),
   BIND_CHANNELS: Int('AMQP channels used in parallel for bind/unbind (one RPC in flight per channel).', 8, 1, 64),
   UNBIND_GRACE_MS: Int('Delay before a key whose last local user left is unbound; absorbs reconnect flaps.', 2000, 0, 600_000),
-  GATEWAY_PREFETCH: Int('Unacked deliveries a gateway takes from its queue at once.', 1000, 1, 65_535),
   GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the oldest deliveries are dropped (clients catch up by history).', 100_000, 1),
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),

@@ -32,7 +32,7 @@ t.test('production refuses development defaults, naming the setting', async (t) 
 
 t.test('every error is one line', async (t) => {
   try {
-    loadConfig('gateway', { GATEWAY_PREFETCH: '-1' })
+    loadConfig('gateway', { WORKER_PREFETCH: '-1' })
     t.fail('should throw')
   } catch (err) {
     t.type(err, ConfigError)

@@ -24,15 +24,13 @@ export interface BindingManagerOptions {
   connection: Connection
   /** The durable direct exchange deliveries are routed through. */
   exchange: string
-  /** Called synchronously for every delivery; the message is acked when it returns. */
+  /** Called synchronously for every delivery (the queue is consumed without acks). */
   onMessage: (msg: AsyncMessage) => void
   log: Logger
   /** AMQP channels used for bind/unbind in parallel. @default 8 */
   poolSize?: number
   /** Delay before a key with no local users is unbound. @default 2000 */
   unbindGraceMs?: number
-  /** Unacked deliveries in flight to this gateway. @default 1000 */
-  prefetch?: number
   /** Queue length cap; the oldest deliveries are dropped beyond it. @default 100000 */
   maxQueueLength?: number
 }
@@ -100,7 +98,6 @@ export class BindingManager extends EventEmitter {
     this.#opts = {
       poolSize: options.poolSize ?? 8,
       unbindGraceMs: options.unbindGraceMs ?? 2000,
-      prefetch: options.prefetch ?? 1000,
       maxQueueLength: options.maxQueueLength ?? 100_000
     }
     this.#lanes = Array.from({ length: this.#opts.poolSize }, () => ({ channel: undefined, busy: false }))
@@ -116,7 +113,11 @@ export class BindingManager extends EventEmitter {
         // publish and make it retry deliveries other gateways already got.
         arguments: { 'x-max-length': this.#opts.maxQueueLength, 'x-overflow': 'drop-head' }
       },
-      qos: { prefetchCount: this.#opts.prefetch },
+      // No acks: the queue is exclusive and dies with us, so an ack protects nothing
+      // that a crash would not lose anyway (clients recover from history), and acks
+      // cost a frame per delivery on both sides. TCP flow control and x-max-length
+      // bound what a slow gateway can be sent.
+      noAck: true,
       requeue: false
     }, (msg) => { onMessage(msg) })
     this.#consumer.on('ready', () => this.#onQueueReady())

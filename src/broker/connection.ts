@@ -6,6 +6,7 @@
  */
 import { Connection } from 'rabbitmq-client'
 import type { Logger } from '../log.js'
+import { coalesceWrites } from './coalesce.js'
 
 export interface BrokerConnectionOptions {
   url: string
@@ -39,6 +40,7 @@ export function openConnection (opts: BrokerConnectionOptions): Connection {
     connectedOnce = true
     opts.log.info({ connection: opts.name }, 'broker connected')
   })
+  coalesceWrites(connection)
   connection.on('connection.blocked', (reason) => {
     opts.log.warn({ connection: opts.name, reason }, 'broker blocked this connection (resource alarm)')
   })

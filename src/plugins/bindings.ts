@@ -24,7 +24,6 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     log: app.log,
     poolSize: config.BIND_CHANNELS,
     unbindGraceMs: config.UNBIND_GRACE_MS,
-    prefetch: config.GATEWAY_PREFETCH,
     maxQueueLength: config.GATEWAY_QUEUE_MAX_LENGTH
   })
   bindings.on('rebound', (info) => app.log.info(info, 'all bindings in place'))
