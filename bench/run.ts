@@ -7,7 +7,6 @@
  */
 import { execFileSync } from 'node:child_process'
 import { cpus, totalmem, release } from 'node:os'
-import { parseArgs } from 'node:util'
 import { cleanupAll, installSignalHandlers } from './lib/cleanup.js'
 import { makeContext, type RunContext } from './lib/context.js'
 import { printResult, writeJson, type ScenarioResult } from './lib/report.js'
@@ -30,7 +29,25 @@ const USAGE = `usage: npm run bench -- <${Object.keys(scenarios).join('|')}> [--
   --worker-env K=V,K=V    extra worker environment (e.g. WORKER_BATCH_MAX=1000)
 Scenario options are listed in docs/BENCHMARKS.md.`
 
-const { positionals, values } = parseArgs({ allowPositionals: true, strict: false })
+/** `--flag` (quick, cpu-prof, help), `--name value` and `--name=value`; the first bare word is the scenario. */
+function parseArgs (argv: string[]): { positionals: string[], values: RunContext['opts'] } {
+  const flags = new Set(['quick', 'cpu-prof', 'help'])
+  const positionals: string[] = []
+  const values: RunContext['opts'] = {}
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!
+    if (!a.startsWith('--')) { positionals.push(a); continue }
+    const eq = a.indexOf('=')
+    if (eq > 0) { values[a.slice(2, eq)] = a.slice(eq + 1); continue }
+    const key = a.slice(2)
+    const next = argv[i + 1]
+    if (flags.has(key) || next === undefined || next.startsWith('--')) values[key] = true
+    else { values[key] = next; i++ }
+  }
+  return { positionals, values }
+}
+
+const { positionals, values } = parseArgs(process.argv.slice(2))
 const name = positionals[0]
 const scenario = name === undefined ? undefined : scenarios[name]
 if (scenario === undefined || values.help === true) {
@@ -39,7 +56,7 @@ if (scenario === undefined || values.help === true) {
 }
 
 installSignalHandlers()
-const ctx = makeContext(name!, values as RunContext['opts'])
+const ctx = makeContext(name!, values)
 const started = new Date()
 const machine = {
   nproc: cpus().length,

@@ -18,10 +18,8 @@ export interface PhaseOptions {
   kind?: 'message' | 'typing'
   ratePerSec: number
   durationMs: number
-  /** Deliveries each message (or typing notice) makes: for received/s and the drain target. */
+  /** Deliveries each acked message (or typing notice) makes: the drain waits for them. */
   fanout: number
-  /** Cumulative deliveries expected from cumulative stats (all phases so far). */
-  expectedTotal: (s: AgentStats) => number
   usage: UsageGroup[]
   /** Worker /metrics URL: persisted/s comes from its counter. */
   workerUrl?: string
@@ -78,10 +76,12 @@ export async function runPhase (o: PhaseOptions): Promise<PhaseResult> {
   const seconds = (performance.now() - started) / 1000
   const p1 = await persistedCount(o.workerUrl)
   const usageReport = usage.stop()
-  const drained = await drain(pool, o.expectedTotal, { label: `${o.label} drain`, maxMs: o.drainMaxMs ?? 60_000 })
+  const typing = o.kind === 'typing'
+  const got = (s: AgentStats) => typing ? s.typingReceived : s.received - s.duplicates
+  const acks = (s: AgentStats) => typing ? s.typingAcked : s.acked
+  const drained = await drain(pool, (s) => got(before) + (acks(s) - acks(before)) * o.fanout, got, { label: `${o.label} drain`, maxMs: o.drainMaxMs ?? 60_000 })
   const p2 = await persistedCount(o.workerUrl)
   const report = await pool.report()
-  const typing = o.kind === 'typing'
   const errors: Record<string, number> = {}
   for (const [k, v] of Object.entries(report.stats.errors)) {
     const d = v - (before.errors[k] ?? 0)

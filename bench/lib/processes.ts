@@ -131,7 +131,7 @@ export async function startGateway (name: string, sys: SystemEnv, opts: ProcessO
   return { ...proc, port }
 }
 
-export async function startWorker (name: string, sys: SystemEnv, opts: ProcessOptions, extra: Record<string, string> = {}): Promise<Proc> {
+export async function startWorker (name: string, sys: SystemEnv, opts: ProcessOptions, extra: Record<string, string> = {}, waitFor = true): Promise<Proc> {
   const port = await freePort()
   const proc = start(name, ['dist/src/worker/main.js'], {
     NODE_ENV: 'production',
@@ -143,7 +143,7 @@ export async function startWorker (name: string, sys: SystemEnv, opts: ProcessOp
     SERVER_ID: name,
     ...extra
   }, `http://127.0.0.1:${port}`, opts)
-  await waitReady(proc, '/ready', 30_000)
+  if (waitFor) await waitReady(proc, '/ready', 30_000)
   return proc
 }
 

@@ -73,10 +73,16 @@ export async function createGroups (sql: postgres.Sql, groups: string[][], name 
 }
 
 /** The usual groups for CPU/RSS: every process of ours, the harness itself, the services. */
-export function usageGroups (parts: { gateways?: Proc[], worker?: Proc, servers?: Proc[], loadPids?: number[], redis?: boolean }): UsageGroup[] {
+export function usageGroups (parts: { gateways?: Proc[], worker?: Proc, servers?: Proc[], loadPids?: number[], redis?: boolean, mergeServers?: boolean }): UsageGroup[] {
   const groups: UsageGroup[] = []
+  if (parts.mergeServers === true) {
+    // One column for all servers of a system (the peer scenario has many systems).
+    const all = [...(parts.gateways ?? []), ...(parts.servers ?? [])]
+    groups.push({ name: 'servers', pids: () => all.map((p) => p.pid) })
+    parts = { ...parts, gateways: [], servers: [] }
+  }
   for (const g of parts.gateways ?? []) groups.push({ name: g.name, pids: () => [g.pid] })
-  if (parts.worker !== undefined) { const w = parts.worker; groups.push({ name: w.name, pids: () => [w.pid] }) }
+  if (parts.worker !== undefined) { const w = parts.worker; groups.push({ name: parts.mergeServers === true ? 'worker' : w.name, pids: () => [w.pid] }) }
   for (const s of parts.servers ?? []) groups.push({ name: s.name, pids: () => [s.pid] })
   if (parts.loadPids !== undefined) { const p = parts.loadPids; groups.push({ name: 'load', pids: () => p }) }
   groups.push({ name: 'coordinator', pids: () => [process.pid] })

@@ -24,14 +24,14 @@ export interface DeliveryCheck {
 }
 
 /**
- * @param audience sender user id → user ids whose sockets must see each of its
- *   messages (the sender's own included: the protocol echoes to the sender).
+ * @param audience (sender, target user or channel) → user ids whose sockets must see
+ *   each such message (the sender's own included: the protocol echoes to the sender).
  */
-export function checkDeliveries (report: PoolReport, audience: (sender: string) => string[]): DeliveryCheck {
+export function checkDeliveries (report: PoolReport, audience: (sender: string, target: string) => string[]): DeliveryCheck {
   const expected = new Map<string, number>()
   const typing = new Map<string, number>()
   for (const s of report.senders) {
-    for (const u of audience(s.userId)) {
+    for (const u of audience(s.userId, s.target)) {
       expected.set(u, (expected.get(u) ?? 0) + s.acked)
       if (u !== s.userId) typing.set(u, (typing.get(u) ?? 0) + s.typingAcked)
     }
@@ -65,16 +65,18 @@ export interface PersistCheck {
 }
 
 export async function checkPersisted (sql: postgres.Sql, report: PoolReport, table: 'messages' | 'peer_messages' = 'messages'): Promise<PersistCheck> {
+  const ackedBy = new Map<string, number>()
+  for (const s of report.senders) ackedBy.set(s.userId, (ackedBy.get(s.userId) ?? 0) + s.acked)
   const perSender = await sql<Array<{ sender_id: string, n: number, u: number }>>`
     select sender_id, count(*)::int as n, count(distinct client_msg_id)::int as u from ${sql(table)} group by sender_id`
   const stored = new Map(perSender.map((r) => [r.sender_id, r]))
   let rows = 0; let acked = 0; let lost = 0; let duplicateRows = 0; let storedUnacked = 0
   for (const r of perSender) { rows += r.n; duplicateRows += r.n - r.u }
-  for (const s of report.senders) {
-    acked += s.acked
-    const n = stored.get(s.userId)?.u ?? 0
-    if (n < s.acked) lost += s.acked - n
-    else storedUnacked += n - s.acked
+  for (const [userId, a] of ackedBy) {
+    acked += a
+    const n = stored.get(userId)?.u ?? 0
+    if (n < a) lost += a - n
+    else storedUnacked += n - a
   }
   let seqGaps = 0
   if (table === 'messages') {
@@ -89,21 +91,22 @@ export async function checkPersisted (sql: postgres.Sql, report: PoolReport, tab
  * Waits until every sent message has its ack and its deliveries (received reaches
  * `expected(stats)`), or nothing moved for `quietMs`, or `maxMs` passed.
  */
-export async function drain (pool: LoadPool, expected: (s: AgentStats) => number, opts: { quietMs?: number, maxMs?: number, label?: string } = {}): Promise<{ ms: number, complete: boolean, stats: AgentStats }> {
+export async function drain (pool: LoadPool, expected: (s: AgentStats) => number, got: (s: AgentStats) => number, opts: { quietMs?: number, maxMs?: number, label?: string } = {}): Promise<{ ms: number, complete: boolean, stats: AgentStats }> {
   const started = performance.now()
   let last = -1
   let lastChange = performance.now()
   for (;;) {
     const s = await pool.stats()
     const want = expected(s)
-    const complete = s.loadDone && s.inflight === 0 && s.received - s.duplicates >= want
+    const have = got(s)
+    const complete = s.loadDone && s.inflight === 0 && have >= want
     const now = performance.now()
-    if (s.received !== last) { last = s.received; lastChange = now }
+    if (have !== last) { last = have; lastChange = now }
     if (complete || now - lastChange > (opts.quietMs ?? 10_000) || now - started > (opts.maxMs ?? 60_000)) {
       progressEnd()
       return { ms: now - started, complete, stats: s }
     }
-    progress(`${opts.label ?? 'draining'}: received ${s.received - s.duplicates}/${want}, in flight ${s.inflight}`)
+    progress(`${opts.label ?? 'draining'}: received ${have}/${want}, in flight ${s.inflight}`)
     await sleep(100)
   }
 }

@@ -28,11 +28,20 @@ interface Client {
   seen: Map<string, Bits>
   duplicates: number
   typing: number
-  /** Per sending client: next message number and counters. */
+  /** Next message number of this client as a sender (numbers are per sender, over all targets). */
   next: number
-  sent: number
-  acked: number
-  typingAcked: number
+  /** Per target (user or channel id): what this client sent there. */
+  targets: Map<string, TargetCounts>
+}
+
+interface TargetCounts { sent: number, acked: number, typingAcked: number }
+
+const targetKey = (s: SenderSpec) => 'toUserId' in s.target ? s.target.toUserId : s.target.channelId
+function countsFor (c: Client, s: SenderSpec): TargetCounts {
+  const key = targetKey(s)
+  let t = c.targets.get(key)
+  if (t === undefined) { t = { sent: 0, acked: 0, typingAcked: 0 }; c.targets.set(key, t) }
+  return t
 }
 
 const clients: Client[] = []
@@ -86,7 +95,7 @@ function connectOne (c: Client, reconnection: boolean, timeoutMs: number): Promi
 
 async function connect (cmd: Extract<Command, { op: 'connect' }>): Promise<{ durationMs: number }> {
   const started = performance.now()
-  const fresh = cmd.clients.map((spec): Client => ({ spec, socket: undefined, ready: false, seen: new Map(), duplicates: 0, typing: 0, next: 0, sent: 0, acked: 0, typingAcked: 0 }))
+  const fresh = cmd.clients.map((spec): Client => ({ spec, socket: undefined, ready: false, seen: new Map(), duplicates: 0, typing: 0, next: 0, targets: new Map() }))
   clients.push(...fresh)
   stats.clients = clients.length
   let i = 0
@@ -107,14 +116,15 @@ function sendMessage (c: Client, s: SenderSpec, contentBytes: number, ackTimeout
   if (socket === undefined) return
   const n = c.next++
   const sentAt = nowUs()
-  c.sent++
+  const t = countsFor(c, s)
+  t.sent++
   stats.sent++
   stats.inflight++
   socket.timeout(ackTimeoutMs).emit('message:send', { clientMsgId: randomUUID(), content: encodeContent(n, sentAt, contentBytes), ...s.target }, (err: Error | null, res: Ack | undefined) => {
     stats.inflight--
     if (err !== null) { countError('ACK_TIMEOUT'); return }
     if (res?.ok !== true) { countError(res?.error?.code ?? 'UNKNOWN'); return }
-    c.acked++
+    t.acked++
     stats.acked++
     hist.ack.recordValue(Math.max(1, nowUs() - sentAt))
   })
@@ -123,13 +133,15 @@ function sendMessage (c: Client, s: SenderSpec, contentBytes: number, ackTimeout
 function sendTyping (c: Client, s: SenderSpec, ackTimeoutMs: number): void {
   const socket = c.socket
   if (socket === undefined || !('channelId' in s.target)) return
+  const t = countsFor(c, s)
+  t.sent++
   stats.typingSent++
   stats.inflight++
   socket.timeout(ackTimeoutMs).emit('typing', { channelId: s.target.channelId }, (err: Error | null, res: Ack | undefined) => {
     stats.inflight--
     if (err !== null) { countError('TYPING_ACK_TIMEOUT'); return }
     if (res?.ok !== true) { countError(`TYPING_${res?.error?.code ?? 'UNKNOWN'}`); return }
-    c.typingAcked++
+    t.typingAcked++
     stats.typingAcked++
   })
 }
@@ -171,7 +183,7 @@ function report (): AgentReport {
       for (const b of c.seen.values()) unique += b.count
       return { userId: c.spec.userId, unique, duplicates: c.duplicates, typing: c.typing }
     }),
-    senders: clients.filter((c) => c.sent > 0 || c.typingAcked > 0).map((c) => ({ userId: c.spec.userId, sent: c.sent, acked: c.acked, typingAcked: c.typingAcked }))
+    senders: clients.flatMap((c) => [...c.targets].map(([target, t]) => ({ userId: c.spec.userId, target, ...t })))
   }
 }
 

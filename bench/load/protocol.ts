@@ -51,8 +51,8 @@ export interface AgentReport {
   histograms: { delivery: string, echo: string, ack: string, ready: string }
   /** One row per socket: unique message:new received (by sender and number) and repeats. */
   sockets: Array<{ userId: string, unique: number, duplicates: number, typing: number }>
-  /** One row per sending user. */
-  senders: Array<{ userId: string, sent: number, acked: number, typingAcked: number }>
+  /** One row per sending user and target (user or channel id); typing sends count in `sent` too. */
+  senders: Array<{ userId: string, target: string, sent: number, acked: number, typingAcked: number }>
 }
 
 export type Request = { id: number } & Command
