@@ -12,6 +12,9 @@ import { makeContext, type RunContext } from './lib/context.js'
 import { printResult, writeJson, type ScenarioResult } from './lib/report.js'
 import { serviceVersions } from './lib/services.js'
 import { loadAverage } from './lib/usage.js'
+import { setSystemRoot, sleep } from './lib/processes.js'
+import { readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
 import { dm } from './scenarios/dm.js'
 import { group } from './scenarios/group.js'
 import { idle } from './scenarios/idle.js'
@@ -27,6 +30,9 @@ const USAGE = `usage: npm run bench -- <${Object.keys(scenarios).join('|')}> [--
   --agents N       load processes (default per scenario)
   --gateway-env K=V,K=V   extra gateway environment (e.g. BIND_CHANNELS=64)
   --worker-env K=V,K=V    extra worker environment (e.g. WORKER_BATCH_MAX=1000)
+  --system-root DIR       start gateways and workers from DIR (a built checkout, e.g. with a proposed patch)
+  --wait-quiet [LOAD]     first wait (up to 10 min) until the 1-minute load average is below LOAD (default 1.0):
+                          the machine is shared, and other work on it skews every figure
 Scenario options are listed in docs/BENCHMARKS.md.`
 
 /** `--flag` (quick, cpu-prof, help), `--name value` and `--name=value`; the first bare word is the scenario. */
@@ -57,6 +63,17 @@ if (scenario === undefined || values.help === true) {
 
 installSignalHandlers()
 const ctx = makeContext(name!, values)
+if (typeof values['system-root'] === 'string') setSystemRoot(resolve(values['system-root']))
+if (values['wait-quiet'] !== undefined) {
+  const limit = typeof values['wait-quiet'] === 'string' ? Number(values['wait-quiet']) : 1.0
+  const load1 = () => Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0])
+  const until = Date.now() + 600_000
+  while (load1() >= limit && Date.now() < until) {
+    process.stdout.write(`\rwaiting for a quiet machine: load average ${load1().toFixed(2)} ≥ ${limit}   `)
+    await sleep(5000)
+  }
+  process.stdout.write('\n')
+}
 const started = new Date()
 const machine = {
   nproc: cpus().length,

@@ -13,6 +13,13 @@ import { fileURLToPath } from 'node:url'
 import { onCleanup, trackPid, untrackPid } from './cleanup.js'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+/**
+ * Where gateways and workers are started from (its dist/ and node_modules/): this
+ * checkout unless --system-root names another, e.g. a copy with a proposed patch built.
+ */
+let systemRoot = ROOT
+export function setSystemRoot (dir: string): void { systemRoot = dir }
+export function getSystemRoot (): string { return systemRoot }
 export const JWT_SECRET = 'bench-secret-0123456789abcdef0123'
 
 export interface Proc {
@@ -64,13 +71,13 @@ export async function httpOk (url: string, timeoutMs = 2000): Promise<boolean> {
   }
 }
 
-function start (name: string, args: string[], env: Record<string, string>, url: string, opts: ProcessOptions): Proc {
+function start (name: string, args: string[], env: Record<string, string>, url: string, opts: ProcessOptions, cwd = systemRoot): Proc {
   mkdirSync(opts.logDir, { recursive: true })
   const log = join(opts.logDir, `${name}.log`)
   const fd = openSync(log, 'a')
   const nodeArgs = opts.cpuProfile === true ? ['--cpu-prof', '--cpu-prof-dir', join(opts.logDir, 'prof'), '--cpu-prof-name', `${name}.cpuprofile`] : []
   const child = spawn(process.execPath, [...nodeArgs, ...args], {
-    cwd: ROOT,
+    cwd,
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env },
     stdio: ['ignore', fd, fd],
     detached: true
@@ -125,7 +132,7 @@ export function gatewayEnv (sys: SystemEnv, extra: Record<string, string> = {}):
 
 export async function startGateway (name: string, sys: SystemEnv, opts: ProcessOptions, extra: Record<string, string> = {}, waitFor = true): Promise<Proc & { port: number }> {
   const port = await freePort()
-  const proc = start(name, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-a', '127.0.0.1', '-o', 'dist/src/app.js'],
+  const proc = start(name, [`${systemRoot}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-a', '127.0.0.1', '-o', 'dist/src/app.js'],
     gatewayEnv(sys, { PORT: String(port), SERVER_ID: name, ...extra }), `http://127.0.0.1:${port}`, opts)
   if (waitFor) await waitReady(proc, '/ready', 30_000)
   return { ...proc, port }
@@ -150,7 +157,7 @@ export async function startWorker (name: string, sys: SystemEnv, opts: ProcessOp
 /** A plain Socket.IO server with the Redis adapter (bench/peer/server.ts), run through tsx. */
 export async function startPeer (name: string, opts: ProcessOptions, env: Record<string, string>): Promise<Proc & { port: number }> {
   const port = await freePort()
-  const proc = start(name, ['--import', 'tsx', 'bench/peer/server.ts'], { PORT: String(port), JWT_SECRET, SERVER_ID: name, ...env }, `http://127.0.0.1:${port}`, opts)
+  const proc = start(name, ['--import', 'tsx', 'bench/peer/server.ts'], { PORT: String(port), JWT_SECRET, SERVER_ID: name, ...env }, `http://127.0.0.1:${port}`, opts, ROOT)
   await waitReady(proc, '/ready', 30_000)
   return { ...proc, port }
 }
