@@ -31,7 +31,8 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
   const users = num(ctx, 'users', 10_000, 1000)
   const perUser = num(ctx, 'channels-per-user', 5)
   const channels = num(ctx, 'channels', 1000, 100)
-  const delays = [0, num(ctx, 'rtt', 50) / 2]
+  const cutsWanted = String(ctx.opts.cuts ?? 'loopback,far').split(',')
+  const delays = [...(cutsWanted.includes('loopback') ? [0] : []), ...(cutsWanted.includes('far') ? [num(ctx, 'rtt', 50) / 2] : [])]
   const sys = await createSystem(ctx, { gateways: 1, proxy: true, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
   const gw = sys.gateways[0]!
   const proxy = sys.proxy!
@@ -76,7 +77,9 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
     'ready p99 ms': summarize(afterConnect.ready).p99Ms,
     'bind ops': connectBinds,
     'binds/user': Math.round(connectBinds / users * 1000) / 1000,
-    'broker bindings': `${brokerAfterConnect}/${expectedBindings}`
+    'broker bindings': `${brokerAfterConnect}/${expectedBindings}`,
+    'gateway CPU ms/user': Math.round((connectUsage.groups.find((g) => g.name === gw.name)?.cpuSeconds ?? 0) * 1e5 / users) / 100,
+    'worker CPU ms/user': Math.round((connectUsage.groups.find((g) => g.name === sys.worker?.name)?.cpuSeconds ?? 0) * 1e5 / users) / 100
   }]
   const cuts: Array<{ rttMs: number, seconds: number, binds: number, broker: number, readyAgain: boolean }> = []
   for (const delay of delays) {

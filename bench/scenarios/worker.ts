@@ -43,6 +43,8 @@ async function preload (amqpUrl: string, exchange: string, queue: string, comman
   return { ms, depth: messageCount }
 }
 
+const cpuPerMsg = (u: UsageReport, group: string, n: number) => n > 0 ? Math.round((u.groups.find((g) => g.name === group)?.cpuSeconds ?? 0) * 1e6 / n) : 0
+
 export async function worker (ctx: RunContext): Promise<ScenarioResult> {
   const messages = num(ctx, 'messages', 100_000, 5000)
   const users = num(ctx, 'users', 1000, 100)
@@ -124,7 +126,11 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
       'seq gaps': gaps?.n ?? 0,
       'batch avg': batches > 0 ? Math.round(n / batches) : 0,
       'db ms/batch': batches > 0 ? Math.round(dbSeconds / batches * 10000) / 10 : 0,
-      'queue left': await queueDepth(sys.vhost, queue).catch(() => -1)
+      'queue left': await queueDepth(sys.vhost, queue).catch(() => -1),
+      // CPU per message holds up better than msg/s on a shared machine.
+      'worker CPU µs/msg': cpuPerMsg(u, w.name, n),
+      'rabbitmq µs/msg': cpuPerMsg(u, 'rabbitmq', n),
+      'postgres µs/msg': cpuPerMsg(u, 'postgres', n)
     })
   }
   const best = Math.max(0, ...results.map((r) => r.steadyPerSec))
