@@ -148,3 +148,18 @@ export class UsageWindow {
 export function loadAverage (): string {
   try { return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ') } catch { return 'unknown' }
 }
+
+/** The kernel's count of connections dropped because a listen queue was full (since boot, all sockets). */
+export function listenOverflows (): number {
+  try {
+    const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n')
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      if (!lines[i]!.startsWith('TcpExt:')) continue
+      const keys = lines[i]!.split(/\s+/)
+      const values = lines[i + 1]!.split(/\s+/)
+      const k = keys.indexOf('ListenOverflows')
+      if (k > 0) return Number(values[k])
+    }
+  } catch { /* not Linux */ }
+  return 0
+}

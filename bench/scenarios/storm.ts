@@ -14,7 +14,7 @@ import { readMetric } from '../lib/prom.js'
 import { progress, progressEnd, type Row, type ScenarioResult } from '../lib/report.js'
 import { countBindings } from '../lib/services.js'
 import { createGroups, createSystem, usageGroups } from '../lib/system.js'
-import { UsageWindow } from '../lib/usage.js'
+import { listenOverflows, UsageWindow } from '../lib/usage.js'
 
 interface ReadyBody { ready: boolean, missingKeys: number, boundUserKeys: number, boundChannelKeys: number, bindOperationsPending: number }
 
@@ -31,6 +31,10 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
   const users = num(ctx, 'users', 10_000, 1000)
   const perUser = num(ctx, 'channels-per-user', 5)
   const channels = num(ctx, 'channels', 1000, 100)
+  // Handshakes in flight at once. All N at once overflows the gateway's accept queue
+  // (Node's default backlog is 511): the kernel drops SYNs and clients retry after
+  // 1, 3, 7, 15… s. --connect-concurrency N measures that case.
+  const concurrency = num(ctx, 'connect-concurrency', 1000, 1000)
   const cutsWanted = String(ctx.opts.cuts ?? 'loopback,far').split(',')
   const delays = [...(cutsWanted.includes('loopback') ? [0] : []), ...(cutsWanted.includes('far') ? [num(ctx, 'rtt', 50) / 2] : [])]
   const sys = await createSystem(ctx, { gateways: 1, proxy: true, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
@@ -49,9 +53,10 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
   pool.add(ids.map((userId) => ({ userId, url: gw.url })))
   const bindMetric = () => readMetric(`${gw.url}/metrics`, 'chat_gateway_bind_operations_total', { op: 'bind' })
   const binds0 = await bindMetric()
+  const overflows0 = listenOverflows()
   const usage = new UsageWindow(usageGroups({ gateways: [gw], worker: sys.worker, loadPids: pool.pids })).start()
   let connected = false
-  const connecting = pool.connect({ concurrency: users, timeoutMs: 120_000 }).finally(() => { connected = true })
+  const connecting = pool.connect({ concurrency, timeoutMs: 120_000 }).finally(() => { connected = true })
   while (!connected) {
     await sleep(500)
     const s = await pool.stats()
@@ -62,6 +67,7 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
   const connectUsage = usage.stop()
   const afterConnect = await pool.report()
   const connectBinds = await bindMetric() - binds0
+  const overflows = listenOverflows() - overflows0
   await sleep(1000)
   const expectedBindings = users + channels
   const brokerAfterConnect = await countBindings(sys.vhost, exchange)
@@ -72,7 +78,9 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
     users,
     ready: afterConnect.stats.ready,
     failed: afterConnect.stats.connectFailed,
+    'in flight': concurrency,
     'time to all ready s': Math.round(conn.durationMs / 10) / 100,
+    'SYNs dropped': overflows,
     'ready p50 ms': summarize(afterConnect.ready).p50Ms,
     'ready p99 ms': summarize(afterConnect.ready).p99Ms,
     'bind ops': connectBinds,
@@ -134,9 +142,10 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
     ],
     usage: [{ phase: 'connect storm', ...connectUsage }],
     notes: [
+      `connect errors: ${JSON.stringify(afterConnect.stats.errors)}; SYNs dropped = the kernel's ListenOverflows counter over the connect (machine-wide)`,
       `each channel has about ${Math.round(users * perUser / channels)} members; the ideal is ${expectedBindings} bindings (one per user, one per channel)`,
       'the cut destroys both of the gateway\'s AMQP connections in the proxy; its queue dies with them and every key is bound again on a new queue'
     ],
-    details: { users, perUser, channels, connectMs: conn.durationMs, connectBinds, brokerAfterConnect, cuts, ready: summarize(afterConnect.ready) }
+    details: { users, perUser, channels, concurrency, overflows, errors: afterConnect.stats.errors, connectMs: conn.durationMs, connectBinds, brokerAfterConnect, cuts, ready: summarize(afterConnect.ready) }
   }
 }
