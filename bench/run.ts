@@ -12,7 +12,7 @@ import { makeContext, type RunContext } from './lib/context.js'
 import { printResult, writeJson, type ScenarioResult } from './lib/report.js'
 import { serviceVersions } from './lib/services.js'
 import { loadAverage } from './lib/usage.js'
-import { setSystemRoot, sleep } from './lib/processes.js'
+import { getSystemRoot, setSystemRoot, sleep } from './lib/processes.js'
 import { readFileSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { dm } from './scenarios/dm.js'
@@ -96,6 +96,7 @@ try {
     runId: ctx.runId,
     command: `npm run bench -- ${process.argv.slice(2).join(' ')}`,
     quick: ctx.quick,
+    systemRoot: getSystemRoot(),
     startedAt: started.toISOString(),
     finishedAt: finished.toISOString(),
     loadAverageAtEnd: loadAverage(),

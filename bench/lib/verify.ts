@@ -53,8 +53,10 @@ export function checkDeliveries (report: PoolReport, audience: (sender: string, 
 export interface PersistCheck {
   rows: number
   acked: number
-  /** Acked but not stored. */
+  /** Acked, not stored, and no longer in the worker queue: really lost. */
   lost: number
+  /** Messages still in the worker queue at the end (ready or unacked): a backlog, not a loss. */
+  queuedAtEnd: number
   /** Stored more often than sent (impossible with the unique key, checked anyway). */
   duplicateRows: number
   /** Stored without an ack (ack timed out or was refused after the broker took it). */
@@ -64,7 +66,7 @@ export interface PersistCheck {
   ok: boolean
 }
 
-export async function checkPersisted (sql: postgres.Sql, report: PoolReport, table: 'messages' | 'peer_messages' = 'messages'): Promise<PersistCheck> {
+export async function checkPersisted (sql: postgres.Sql, report: PoolReport, table: 'messages' | 'peer_messages' = 'messages', queuedAtEnd = 0): Promise<PersistCheck> {
   const ackedBy = new Map<string, number>()
   for (const s of report.senders) ackedBy.set(s.userId, (ackedBy.get(s.userId) ?? 0) + s.acked)
   const perSender = await sql<Array<{ sender_id: string, n: number, u: number }>>`
@@ -78,13 +80,15 @@ export async function checkPersisted (sql: postgres.Sql, report: PoolReport, tab
     if (n < a) lost += a - n
     else storedUnacked += n - a
   }
+  // Still queued is not lost: the run ended before the worker caught up.
+  lost = Math.max(0, lost - queuedAtEnd)
   let seqGaps = 0
   if (table === 'messages') {
     const [gaps] = await sql<Array<{ n: number }>>`
       select count(*)::int as n from (select channel_id from messages group by channel_id having max(seq) <> count(*) or min(seq) <> 1) g`
     seqGaps = gaps?.n ?? 0
   }
-  return { rows, acked, lost, duplicateRows, storedUnacked, seqGaps, ok: lost === 0 && duplicateRows === 0 && seqGaps === 0 }
+  return { rows, acked, lost, queuedAtEnd, duplicateRows, storedUnacked, seqGaps, ok: lost === 0 && queuedAtEnd === 0 && duplicateRows === 0 && seqGaps === 0 }
 }
 
 /**

@@ -10,6 +10,7 @@ import { phaseRow, runPhase, type PhaseResult } from '../lib/phase.js'
 import type { ScenarioResult } from '../lib/report.js'
 import { createGroups, createSystem, usageGroups } from '../lib/system.js'
 import { checkDeliveries, checkPersisted } from '../lib/verify.js'
+import { queueDepth } from '../lib/services.js'
 
 export async function group (ctx: RunContext): Promise<ScenarioResult> {
   const users = num(ctx, 'users', 2000, 200)
@@ -61,7 +62,7 @@ export async function group (ctx: RunContext): Promise<ScenarioResult> {
 
   const report = await pool.report()
   const delivery = checkDeliveries(report, (_s, channelId) => members.get(channelId) ?? [])
-  const persisted = await checkPersisted(sys.sql, report)
+  const persisted = await checkPersisted(sys.sql, report, 'messages', await queueDepth(sys.vhost, `${sys.env.prefix}.worker`).catch(() => 0))
   await pool.disconnect()
   const top = Math.max(0, ...best.values())
   return {
@@ -78,7 +79,7 @@ export async function group (ctx: RunContext): Promise<ScenarioResult> {
     notes: [
       'delivered/s counts message:new received by all sockets (sender echo included) during the step; latency is send→receive at the other members',
       `deliveries: expected ${delivery.expected}, unique ${delivery.unique}, missing ${delivery.missing}, duplicates ${delivery.duplicates}, extra ${delivery.extra}`,
-      `database: ${persisted.rows} rows for ${persisted.acked} acked sends, lost ${persisted.lost}, duplicate rows ${persisted.duplicateRows}, seq gaps ${persisted.seqGaps}`
+      `database: ${persisted.rows} rows for ${persisted.acked} acked sends, lost ${persisted.lost}, still queued ${persisted.queuedAtEnd}, duplicate rows ${persisted.duplicateRows}, seq gaps ${persisted.seqGaps}`
     ],
     details: { users, gateways, sizes, sendersPerChannel, phases: results.map(({ report: _r, ...rest }) => rest), delivery, persisted }
   }

@@ -46,7 +46,7 @@ async function preload (amqpUrl: string, exchange: string, queue: string, comman
 const cpuPerMsg = (u: UsageReport, group: string, n: number) => n > 0 ? Math.round((u.groups.find((g) => g.name === group)?.cpuSeconds ?? 0) * 1e6 / n) : 0
 
 export async function worker (ctx: RunContext): Promise<ScenarioResult> {
-  const messages = num(ctx, 'messages', 100_000, 5000)
+  const messages = num(ctx, 'messages', 50_000, 5000)
   const users = num(ctx, 'users', 1000, 100)
   const target = String(ctx.opts.target ?? 'dm')
   const variants: Array<{ name: string, env: Record<string, string> }> = [
