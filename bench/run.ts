@@ -37,7 +37,7 @@ Scenario options are listed in docs/BENCHMARKS.md.`
 
 /** `--flag` (quick, cpu-prof, help), `--name value` and `--name=value`; the first bare word is the scenario. */
 function parseArgs (argv: string[]): { positionals: string[], values: RunContext['opts'] } {
-  const flags = new Set(['quick', 'cpu-prof', 'help'])
+  const flags = new Set(['quick', 'cpu-prof', 'help', 'heap-snapshot'])
   const positionals: string[] = []
   const values: RunContext['opts'] = {}
   for (let i = 0; i < argv.length; i++) {

@@ -38,6 +38,11 @@ export interface ProcessOptions {
   logDir: string
   /** node --cpu-prof into logDir/prof. */
   cpuProfile?: boolean
+  /**
+   * node --heapsnapshot-signal=SIGWINCH: `kill -WINCH` writes a heap snapshot into
+   * logDir. (SIGUSR2 ends a gateway started by the fastify CLI; SIGWINCH does not.)
+   */
+  heapSnapshots?: boolean
 }
 
 export async function freePort (): Promise<number> {
@@ -76,6 +81,7 @@ function start (name: string, args: string[], env: Record<string, string>, url: 
   const log = join(opts.logDir, `${name}.log`)
   const fd = openSync(log, 'a')
   const nodeArgs = opts.cpuProfile === true ? ['--cpu-prof', '--cpu-prof-dir', join(opts.logDir, 'prof'), '--cpu-prof-name', `${name}.cpuprofile`] : []
+  if (opts.heapSnapshots === true) nodeArgs.push('--heapsnapshot-signal=SIGWINCH', `--diagnostic-dir=${opts.logDir}`)
   const child = spawn(process.execPath, [...nodeArgs, ...args], {
     cwd,
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env },

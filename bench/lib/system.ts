@@ -28,6 +28,8 @@ export interface SystemOptions {
   proxy?: boolean
   /** Name suffix, to tell apart systems of one run. */
   tag?: string
+  /** Gateways write a heap snapshot on SIGWINCH (see processes.ts). */
+  heapSnapshots?: boolean
 }
 
 export async function createSystem (ctx: RunContext, opts: SystemOptions): Promise<System> {
@@ -39,6 +41,7 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
   const popts = { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }
   // The worker first: gateways' session.open needs it.
   const worker = opts.worker === false ? undefined : await startWorker(`${tag}-worker`, env, popts, opts.workerEnv)
+  const gatewayOpts = { ...popts, heapSnapshots: opts.heapSnapshots === true }
   let proxy: TcpProxy | undefined
   let gatewaySys = env
   if (opts.proxy === true) {
@@ -47,7 +50,7 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
     gatewaySys = { ...env, amqpUrl: amqpUrl(vhost, port) }
   }
   const gateways = await Promise.all(Array.from({ length: opts.gateways }, (_, i) =>
-    startGateway(`${tag}-gateway-${i + 1}`, gatewaySys, popts, opts.gatewayEnv)))
+    startGateway(`${tag}-gateway-${i + 1}`, gatewaySys, gatewayOpts, opts.gatewayEnv)))
   return { env, vhost, sql, gateways, worker, proxy }
 }
 

@@ -6,7 +6,7 @@ import { readdirSync } from 'node:fs'
 import { LoadPool } from '../load/pool.js'
 import type { RunContext } from '../lib/context.js'
 import { envOption, num } from '../lib/context.js'
-import { sleep } from '../lib/processes.js'
+import { httpOk, sleep, waitUntil } from '../lib/processes.js'
 import { readMetric } from '../lib/prom.js'
 import { progress, progressEnd, type ScenarioResult } from '../lib/report.js'
 import { createSystem, usageGroups } from '../lib/system.js'
@@ -17,13 +17,26 @@ const openFiles = (pid: number) => { try { return readdirSync(`/proc/${pid}/fd`)
 export async function idle (ctx: RunContext): Promise<ScenarioResult> {
   const sockets = num(ctx, 'sockets', 19_000, 1000)
   const idleMs = num(ctx, 'idle', 60, 10) * 1000
-  const sys = await createSystem(ctx, { gateways: 1, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
+  // --heap-snapshot: the gateway writes a heap snapshot before and after the sockets;
+  // bench/tools/heap-diff.ts then says what one socket costs, by constructor.
+  const snapshots = ctx.opts['heap-snapshot'] === true
+  const sys = await createSystem(ctx, { gateways: 1, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env'), heapSnapshots: snapshots })
   const gw = sys.gateways[0]!
   // Several load processes: each socket.io-client socket costs ~20 KB and one file descriptor.
   const pool = LoadPool.start(num(ctx, 'agents', Math.max(1, Math.ceil(sockets / 7000))))
   await sleep(2000)
   const heap = () => readMetric(`${gw.url}/metrics`, 'chat_gateway_nodejs_heap_size_used_bytes')
   const base = { rssKb: readProc(gw.pid)?.rssKb ?? 0, heap: await heap(), fds: openFiles(gw.pid) }
+  const snapshot = async () => {
+    if (!snapshots) return
+    const count = () => readdirSync(ctx.logDir).filter((f) => f.endsWith('.heapsnapshot')).length
+    const before = count()
+    process.kill(gw.pid, 'SIGWINCH')
+    // The gateway writes it synchronously; the file appears at once and grows until done.
+    for (let i = 0; i < 240 && count() <= before; i++) await sleep(250)
+    await waitUntil(async () => httpOk(`${gw.url}/health`, 1000), 120_000, 'gateway after heap snapshot', 500)
+  }
+  await snapshot()
 
   pool.add(Array.from({ length: sockets }, (_, i) => ({ userId: `idle${i}`, url: gw.url })))
   const connecting = pool.connect({ concurrency: 400, timeoutMs: 60_000 })
@@ -47,6 +60,7 @@ export async function idle (ctx: RunContext): Promise<ScenarioResult> {
   }
   progressEnd()
   const idleUsage = usage.stop()
+  await snapshot()
   const end = await pool.stats()
   const held = end.connected
   const rssKb = readProc(gw.pid)?.rssKb ?? 0
