@@ -76,8 +76,11 @@ export type RpcResponse<O extends RpcOp = RpcOp> =
 // ---- outgoing exchange: what a gateway receives on its queue ---------------------
 
 export type Delivery =
-  /** A stored message. Group: routed `channel:{id}`. Direct: routed `user:{to}` with CC `user:{sender}`. */
-  | { t: 'message', message: Message }
+  /**
+   * A stored message. Group: published once, routed `channel:{id}`. Direct: published
+   * once per member, routed `user:{forUser}`, for that user's sockets only.
+   */
+  | { t: 'message', message: Message, forUser?: string }
   /** Ephemeral; published by a gateway with a short expiration and never stored. */
   | { t: 'typing', channelId: string, userId: string, kind: 'group' | 'direct', peerId?: string }
   /** `user:{userId}` gained a channel: the gateway binds `channel:{id}` before telling the sockets. */

@@ -37,7 +37,8 @@ export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: G
     switch (d.t) {
       case 'message': {
         const m = d.message
-        if (!firstTime(m.id)) {
+        // One copy per direct member: de-duplicate per (message, user).
+        if (!firstTime(d.forUser === undefined ? m.id : `${m.id}\n${d.forUser}`)) {
           metrics.deliveries.inc({ type: 'duplicate' })
           return
         }
@@ -46,14 +47,14 @@ export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: G
           return
         }
         const to = m.toUserId ?? m.senderId
-        io.to([userRoom(m.senderId), userRoom(to)]).emit('message:new', m)
+        const forUser = d.forUser ?? to
+        const peerId = forUser === m.senderId ? to : m.senderId
+        io.to(userRoom(forUser)).emit('message:new', m)
         // A direct channel is created by its first message and no `joined` announces it:
         // learn it here, or typing, sends and history by its id are refused until the
-        // users reconnect. joined() does nothing for users not on this gateway.
-        for (const [userId, peerId] of [[m.senderId, to], [to, m.senderId]] as const) {
-          if (sessions.channelOf(userId, m.channelId) === undefined) {
-            void sessions.joined(userId, { id: m.channelId, kind: 'direct', name: peerId, lastSeq: m.seq, peerId })
-          }
+        // user reconnects. joined() does nothing for users not on this gateway.
+        if (sessions.channelOf(forUser, m.channelId) === undefined) {
+          void sessions.joined(forUser, { id: m.channelId, kind: 'direct', name: peerId, lastSeq: m.seq, peerId })
         }
         return
       }

@@ -16,7 +16,7 @@ import type { AsyncMessage } from 'rabbitmq-client'
 import { ConsumerStatus } from 'rabbitmq-client'
 import { SendCommandSchema, type Delivery, type SendCommand } from '../contracts/envelopes.js'
 import { compile } from '../contracts/validate.js'
-import { deliveryEnvelope } from '../broker/deliveries.js'
+import { deliveryEnvelope, messageDeliveries } from '../broker/deliveries.js'
 import type { ConfirmedPublisher } from '../broker/publisher.js'
 import { ConcurrentInsertError, type MessagesRepository, type PersistOutcome } from '../db/repositories/messages.js'
 import { describeDbError, isTransientDbError, withDbTimeout } from '../db/errors.js'
@@ -148,11 +148,10 @@ export class SendPipeline {
     const publishes: Array<Promise<void>> = []
     batch.forEach((b, i) => {
       const outcome = outcomes[i]!
-      const delivery = this.#deliveryFor(b, outcome, retried)
       if (outcome.status === 'stored') this.#o.metrics.persisted.inc()
       else if (outcome.status === 'duplicate') this.#o.metrics.duplicates.inc()
       else this.#o.metrics.rejected.inc()
-      if (delivery !== undefined) {
+      for (const delivery of this.#deliveriesFor(b, outcome, retried)) {
         publishes.push(this.#o.publisher.publish(deliveryEnvelope(this.#o.outgoingExchange, delivery), delivery, this.#o.publishTimeoutMs ?? 10_000))
       }
     })
@@ -168,17 +167,17 @@ export class SendPipeline {
     for (const b of batch) b.settle(ConsumerStatus.ACK)
   }
 
-  #deliveryFor (b: Valid, outcome: PersistOutcome, retried: boolean): Delivery | undefined {
+  #deliveriesFor (b: Valid, outcome: PersistOutcome, retried: boolean): Delivery[] {
     switch (outcome.status) {
       case 'stored':
-        return { t: 'message', message: outcome.message }
+        return messageDeliveries(outcome.message)
       case 'duplicate':
         // A client retry of a delivered message must not be delivered twice; a broker
         // redelivery may follow a crash between commit and publish, so publish again
         // (gateways and clients de-duplicate by id).
-        return b.msg.redelivered || retried ? { t: 'message', message: outcome.message } : undefined
+        return b.msg.redelivered || retried ? messageDeliveries(outcome.message) : []
       case 'rejected':
-        return { t: 'rejected', userId: b.command.senderId, clientMsgId: b.command.clientMsgId, error: outcome.error }
+        return [{ t: 'rejected', userId: b.command.senderId, clientMsgId: b.command.clientMsgId, error: outcome.error }]
     }
   }
 }
