@@ -3,6 +3,7 @@
  * loads the default export with `options`; tests and `buildApp()` register it on an
  * instance of their own.
  */
+import type { Server } from 'node:http'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { usesDevSecret, type Config } from './config.js'
@@ -41,6 +42,7 @@ const app = fp<AppOptions>(async (fastify, opts) => {
     throw err
   }
   if (cli && usesDevSecret(config)) fastify.log.warn('JWT_SECRET is not set: using the insecure development secret')
+  raiseListenBacklog(fastify.server, config.LISTEN_BACKLOG)
   await fastify.register(bindingsPlugin, { config })
   await fastify.register(socketIoPlugin, { config })
   await fastify.register(gatewayPlugin, { config, defaultMetrics: opts.defaultMetrics ?? true })
@@ -50,6 +52,22 @@ const app = fp<AppOptions>(async (fastify, opts) => {
 }, { name: 'chat-gateway', fastify: '5.x' })
 
 export default app
+
+/**
+ * The fastify CLI calls listen() without a backlog, so Node's default of 511 applies and
+ * 10,000 clients reconnecting at once overflow it: the kernel drops SYNs and clients
+ * back off for up to a minute (measured by the storm benchmark). Fill it in.
+ */
+function raiseListenBacklog (server: Server, backlog: number): void {
+  const listen = server.listen.bind(server) as (...args: unknown[]) => Server
+  server.listen = ((...args: unknown[]) => {
+    const [options] = args
+    if (typeof options === 'object' && options !== null && (options as { backlog?: number }).backlog === undefined) {
+      args[0] = { ...options, backlog }
+    }
+    return listen(...args)
+  }) as Server['listen']
+}
 
 /** Server options for `fastify start -o`. */
 export const options: FastifyServerOptions = {

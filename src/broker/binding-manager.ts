@@ -27,7 +27,7 @@ export interface BindingManagerOptions {
   /** Called synchronously for every delivery (the queue is consumed without acks). */
   onMessage: (msg: AsyncMessage) => void
   log: Logger
-  /** AMQP channels used for bind/unbind in parallel. @default 8 */
+  /** AMQP channels used for bind/unbind in parallel. @default 64 */
   poolSize?: number
   /** Delay before a key with no local users is unbound. @default 2000 */
   unbindGraceMs?: number
@@ -89,6 +89,8 @@ export class BindingManager extends EventEmitter {
   #rebindKeys = 0
   #counters = { binds: 0, unbinds: 0, failures: 0 }
   #closing: Promise<void> | undefined
+  /** Set while a new queue waits for the lost one to be deleted before re-binding. */
+  #holdUntil: Promise<void> | undefined
 
   constructor (options: BindingManagerOptions) {
     super()
@@ -96,7 +98,7 @@ export class BindingManager extends EventEmitter {
     this.#exchange = options.exchange
     this.#log = options.log
     this.#opts = {
-      poolSize: options.poolSize ?? 8,
+      poolSize: options.poolSize ?? 64,
       unbindGraceMs: options.unbindGraceMs ?? 2000,
       maxQueueLength: options.maxQueueLength ?? 100_000
     }
@@ -245,6 +247,7 @@ export class BindingManager extends EventEmitter {
     if (this.#closing !== undefined) return
     const queue = this.#consumer.queue
     const first = this.#generation === 0
+    const previous = this.#queue
     this.#queue = queue
     this.#generation++
     // The new queue is empty: nothing is bound, and pending unbinds are moot.
@@ -260,7 +263,35 @@ export class BindingManager extends EventEmitter {
     this.#rebindKeys = this.#refs.size
     this.#log.info({ queue, generation: this.#generation, keys: this.#refs.size }, first ? 'gateway queue ready' : 'gateway queue re-declared after reconnect; re-binding')
     this.#checkRebound()
-    this.#pump()
+    if (first || previous === '' || previous === queue) {
+      this.#pump()
+      return
+    }
+    // While RabbitMQ deletes the lost queue's bindings, binding runs several times slower
+    // (measured: 11,000 binds in 14 s instead of 2.2 s on 3.10). Waiting for the old queue
+    // to disappear, which takes about a second for 10k bindings, is faster overall.
+    const generation = this.#generation
+    this.#holdUntil = this.#waitUntilGone(previous, OLD_QUEUE_WAIT_MS).finally(() => {
+      if (this.#generation !== generation) return
+      this.#holdUntil = undefined
+      this.#pump()
+    })
+  }
+
+  /** Resolves when `queue` no longer exists, or after `maxMs` (a partitioned peer keeps it until its heartbeat times out). */
+  async #waitUntilGone (queue: string, maxMs: number): Promise<void> {
+    const deadline = performance.now() + maxMs
+    while (performance.now() < deadline && this.#closing === undefined) {
+      try {
+        // Exclusive to the dead connection: a passive declare fails with RESOURCE_LOCKED
+        // while it exists and NOT_FOUND once it is gone. Either error closes only the
+        // connection's internal channel, which rabbitmq-client reopens on the next call.
+        await this.#connection.queueDeclare({ queue, passive: true })
+      } catch (err) {
+        if ((err as { code?: string }).code === 'NOT_FOUND') return
+      }
+      await sleep(50)
+    }
   }
 
   #markDirty (key: string): void {
@@ -285,7 +316,7 @@ export class BindingManager extends EventEmitter {
   }
 
   #pump (): void {
-    if (!this.#queueIsCurrent() || this.#closing !== undefined) return
+    if (!this.#queueIsCurrent() || this.#closing !== undefined || this.#holdUntil !== undefined) return
     for (const lane of this.#lanes) {
       if (this.#dirty.size <= this.#busyLanes) return
       if (lane.busy) continue
@@ -399,5 +430,8 @@ export class BindingManager extends EventEmitter {
     this.emit('rebound', { generation: this.#generation, keys: this.#rebindKeys, durationMs })
   }
 }
+
+/** Longest wait for a lost queue's deletion before re-binding anyway. */
+const OLD_QUEUE_WAIT_MS = 3000
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
