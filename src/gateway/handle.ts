@@ -2,67 +2,73 @@
  * The one way a client event is handled: rate limit, wait for the session, validate,
  * run, and answer through the ack with `{ ok: true, ... }` or `{ ok: false, error }`.
  * A handler that throws never crashes the process; only ClientErrors reach the client.
+ *
+ * One dispatcher function serves every socket (Socket.IO calls `onAny` listeners with
+ * the socket as `this`), so a socket costs no closures per event: at 19,000 idle sockets
+ * per gateway, per-socket listeners were a measurable part of the memory per socket.
  */
 import type { Static, TSchema } from '@sinclair/typebox'
 import type { ClientToServerEvents } from '../contracts/protocol.js'
-import { compile } from '../contracts/validate.js'
+import { compile, type Validated } from '../contracts/validate.js'
 import { ClientError, toErrorAck } from '../errors.js'
 import type { GatewayContext } from './context.js'
 import type { AppSocket } from './types.js'
 
 export type EventName = keyof ClientToServerEvents
 
-/** A token bucket per socket: `rate` events per second on average, `burst` at once. */
-export function createRateLimiter (rate: number, burst: number) {
-  let tokens = burst
-  let last = performance.now()
-  return (): boolean => {
-    const now = performance.now()
-    tokens = Math.min(burst, tokens + ((now - last) / 1000) * rate)
-    last = now
-    if (tokens < 1) return false
-    tokens -= 1
-    return true
-  }
+/** A handler of one event: gets the validated payload, returns the ack's extra fields. */
+export type Run<S extends TSchema> = (ctx: GatewayContext, socket: AppSocket, payload: Static<S>) => Promise<object>
+
+interface Route { validate: (input: unknown) => Validated<unknown>, run: (ctx: GatewayContext, socket: AppSocket, payload: unknown) => Promise<object> }
+
+export function route<S extends TSchema> (schema: S, run: Run<S>): Route {
+  return { validate: compile(schema), run: run as Route['run'] }
 }
 
-export function handle<S extends TSchema, R extends object> (
-  ctx: GatewayContext,
-  socket: AppSocket,
-  allow: () => boolean,
-  event: EventName,
-  schema: S,
-  run: (payload: Static<S>) => Promise<R>
-): void {
-  const validate = compile(schema)
-  socket.on(event, (...args: unknown[]) => {
+/** Token bucket state of one socket: `rate` events per second on average, `burst` at once. */
+export interface Bucket { tokens: number, last: number }
+
+export function take (bucket: Bucket, rate: number, burst: number): boolean {
+  const now = performance.now()
+  bucket.tokens = Math.min(burst, bucket.tokens + ((now - bucket.last) / 1000) * rate)
+  bucket.last = now
+  if (bucket.tokens < 1) return false
+  bucket.tokens -= 1
+  return true
+}
+
+/** The shared `onAny` listener for every socket of a gateway. */
+export function createDispatcher (ctx: GatewayContext, routes: Record<EventName, Route>) {
+  const { SOCKET_RATE_PER_SEC: rate, SOCKET_RATE_BURST: burst } = ctx.config
+  const known = new Map<string, Route>(Object.entries(routes))
+  return function dispatch (this: AppSocket, event: unknown, ...args: unknown[]): void {
+    const socket = this
     // Socket.IO passes the client's ack last (only it can be a function), after exactly
     // one payload; answer malformed calls too, whatever their shape.
     const last = args.at(-1)
     const reply = typeof last === 'function' ? last as (res: unknown) => void : undefined
     const params = reply === undefined ? args : args.slice(0, -1)
-    ctx.metrics.events.inc({ event })
-    if (!allow()) {
-      ctx.metrics.errors.inc({ event, code: 'RATE_LIMITED' })
-      reply?.({ ok: false, error: { code: 'RATE_LIMITED', message: 'too many events; slow down' } })
-      return
+    const r = typeof event === 'string' ? known.get(event) : undefined
+    const name = r === undefined ? 'unknown' : event as string
+    ctx.metrics.events.inc({ event: name })
+    const refuse = (code: 'RATE_LIMITED' | 'VALIDATION', message: string) => {
+      ctx.metrics.errors.inc({ event: name, code })
+      reply?.({ ok: false, error: { code, message } })
     }
-    const checked = params.length === 1 ? validate(params[0]) : { ok: false as const, reason: `expected one payload, got ${params.length}` }
-    if (!checked.ok) {
-      ctx.metrics.errors.inc({ event, code: 'VALIDATION' })
-      reply?.({ ok: false, error: { code: 'VALIDATION', message: checked.reason } })
-      return
-    }
+    if (!take(socket.data.bucket, rate, burst)) return refuse('RATE_LIMITED', 'too many events; slow down')
+    if (r === undefined) return refuse('VALIDATION', 'unknown event')
+    const checked = params.length === 1 ? r.validate(params[0]) : { ok: false as const, reason: `expected one payload, got ${params.length}` }
+    if (!checked.ok) return refuse('VALIDATION', checked.reason)
     ctx.sessions.whenReady(socket)
       .then(async (ready) => {
         if (!ready) throw new ClientError('UNAVAILABLE', 'session is not open')
-        return await run(checked.value)
+        return await r.run(ctx, socket, checked.value)
       })
       .then((result) => reply?.({ ok: true, ...result }), (err: unknown) => {
         const res = toErrorAck(err)
-        if (!(err instanceof ClientError)) ctx.log.error({ err, event }, 'event handler failed')
-        ctx.metrics.errors.inc({ event, code: res.error.code })
+        if (!(err instanceof ClientError)) ctx.log.error({ err, event: name }, 'event handler failed')
+        ctx.metrics.errors.inc({ event: name, code: res.error.code })
         reply?.(res)
       })
-  })
+  }
 }

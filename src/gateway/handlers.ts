@@ -11,46 +11,33 @@ import {
 } from '../contracts/protocol.js'
 import { ClientError } from '../errors.js'
 import type { GatewayContext } from './context.js'
-import { createRateLimiter, handle } from './handle.js'
+import { route, type EventName } from './handle.js'
 import type { AppSocket } from './types.js'
 
 const DEFAULT_HISTORY_LIMIT = 50
-const KNOWN_EVENTS = new Set(['message:send', 'channel:create', 'channel:leave', 'history:fetch', 'channels:list', 'typing'])
 
-export function registerHandlers (ctx: GatewayContext, socket: AppSocket): void {
-  const { config, broker, sessions } = ctx
-  const userId = socket.data.userId
-  const allow = createRateLimiter(config.SOCKET_RATE_PER_SEC, config.SOCKET_RATE_BURST)
-  const memberOf = (channelId: string) => {
-    const channel = sessions.channelOf(userId, channelId)
-    if (channel === undefined) throw new ClientError('FORBIDDEN', 'not a member of this channel')
-    return channel
-  }
+/** The user's channel on this gateway, or FORBIDDEN. */
+function memberOf (ctx: GatewayContext, socket: AppSocket, channelId: string) {
+  const channel = ctx.sessions.channelOf(socket.data.userId, channelId)
+  if (channel === undefined) throw new ClientError('FORBIDDEN', 'not a member of this channel')
+  return channel
+}
 
-  // Events outside the protocol get a coded answer (when they carry an ack) and count
-  // against the same rate limit.
-  socket.onAny((event: unknown, ...args: unknown[]) => {
-    if (typeof event === 'string' && KNOWN_EVENTS.has(event)) return
-    ctx.metrics.events.inc({ event: 'unknown' })
-    const ack = args.at(-1)
-    const code = allow() ? 'VALIDATION' : 'RATE_LIMITED'
-    ctx.metrics.errors.inc({ event: 'unknown', code })
-    if (typeof ack === 'function') ack({ ok: false, error: { code, message: 'unknown event' } })
-  })
-
-  handle(ctx, socket, allow, 'message:send', MessageSendSchema, async (p) => {
+export const routes = {
+  'message:send': route(MessageSendSchema, async (ctx, socket, p) => {
+    const { config, broker } = ctx
     if ((p.toUserId === undefined) === (p.channelId === undefined)) {
       throw new ClientError('VALIDATION', 'give exactly one of toUserId and channelId')
     }
     if (p.content.length > config.MAX_CONTENT_CHARS) {
       throw new ClientError('VALIDATION', `content is longer than ${config.MAX_CONTENT_CHARS} characters`)
     }
-    if (p.channelId !== undefined) memberOf(p.channelId)
+    if (p.channelId !== undefined) memberOf(ctx, socket, p.channelId)
     // Under a broker alarm, holding sends in memory would only grow the gateway; refuse now.
     if (broker.blocked()) throw new ClientError('UNAVAILABLE', 'the broker is refusing new messages; retry later with the same clientMsgId')
     const command: SendCommand = {
       v: ENVELOPE_VERSION,
-      senderId: userId,
+      senderId: socket.data.userId,
       clientMsgId: p.clientMsgId,
       content: p.content,
       ...(p.toUserId !== undefined ? { toUserId: p.toUserId } : { channelId: p.channelId }),
@@ -69,7 +56,7 @@ export function registerHandlers (ctx: GatewayContext, socket: AppSocket): void 
       }, command, config.SEND_TIMEOUT_MS)
     } catch (err) {
       if (err instanceof PublishError) {
-        ctx.log.warn({ err, userId }, 'send not confirmed by the broker')
+        ctx.log.warn({ err, userId: socket.data.userId }, 'send not confirmed by the broker')
         throw new ClientError('UNAVAILABLE', 'the message was not accepted; retry with the same clientMsgId', { cause: err })
       }
       throw err
@@ -77,31 +64,31 @@ export function registerHandlers (ctx: GatewayContext, socket: AppSocket): void 
     ctx.metrics.publishConfirm.observe((performance.now() - started) / 1000)
     ctx.metrics.messagesIn.inc()
     return { clientMsgId: p.clientMsgId }
-  })
+  }),
 
-  handle(ctx, socket, allow, 'typing', TypingSchema, async (p) => {
-    const channel = memberOf(p.channelId)
+  typing: route(TypingSchema, async (ctx, socket, p) => {
+    const channel = memberOf(ctx, socket, p.channelId)
     const delivery: Delivery = {
       t: 'typing',
       channelId: channel.id,
-      userId,
+      userId: socket.data.userId,
       kind: channel.kind,
       ...(channel.peerId !== undefined ? { peerId: channel.peerId } : {})
     }
     // Fire and forget: a lost typing notice is harmless, a slow one useless.
-    broker.ephemeral.send(deliveryEnvelope(broker.names.outgoing, delivery), delivery)
+    ctx.broker.ephemeral.send(deliveryEnvelope(ctx.broker.names.outgoing, delivery), delivery)
       .catch((err: unknown) => ctx.log.debug({ err }, 'typing notice not published'))
     return {}
-  })
+  }),
 
-  handle(ctx, socket, allow, 'history:fetch', HistoryFetchSchema, async (p) => {
+  'history:fetch': route(HistoryFetchSchema, async (ctx, socket, p) => {
     if ((p.withUserId === undefined) === (p.channelId === undefined)) {
       throw new ClientError('VALIDATION', 'give exactly one of channelId and withUserId')
     }
-    if (p.channelId !== undefined) memberOf(p.channelId)
-    const { messages } = await broker.rpc.call({
+    if (p.channelId !== undefined) memberOf(ctx, socket, p.channelId)
+    const { messages } = await ctx.broker.rpc.call({
       op: 'history.fetch',
-      userId,
+      userId: socket.data.userId,
       ...(p.channelId !== undefined ? { channelId: p.channelId } : {}),
       ...(p.withUserId !== undefined ? { withUserId: p.withUserId } : {}),
       ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}),
@@ -109,27 +96,29 @@ export function registerHandlers (ctx: GatewayContext, socket: AppSocket): void 
       limit: p.limit ?? DEFAULT_HISTORY_LIMIT
     })
     return { messages }
-  })
+  }),
 
-  handle(ctx, socket, allow, 'channels:list', ChannelsListSchema, async () => {
-    const { channels } = await broker.rpc.call({ op: 'channels.list', userId })
+  'channels:list': route(ChannelsListSchema, async (ctx, socket) => {
+    const { channels } = await ctx.broker.rpc.call({ op: 'channels.list', userId: socket.data.userId })
     return { channels }
-  })
+  }),
 
-  handle(ctx, socket, allow, 'channel:create', ChannelCreateSchema, async (p) => {
-    if (p.memberIds.length > config.MAX_CHANNEL_MEMBERS) {
-      throw new ClientError('VALIDATION', `a channel may name at most ${config.MAX_CHANNEL_MEMBERS} members`)
+  'channel:create': route(ChannelCreateSchema, async (ctx, socket, p) => {
+    if (p.memberIds.length > ctx.config.MAX_CHANNEL_MEMBERS) {
+      throw new ClientError('VALIDATION', `a channel may name at most ${ctx.config.MAX_CHANNEL_MEMBERS} members`)
     }
-    const { channel } = await broker.rpc.call({ op: 'channel.create', userId, name: p.name, memberIds: p.memberIds })
+    const userId = socket.data.userId
+    const { channel } = await ctx.broker.rpc.call({ op: 'channel.create', userId, name: p.name, memberIds: p.memberIds })
     // Bind here before answering, so the creator can send to it at once.
-    await sessions.joined(userId, channel)
+    await ctx.sessions.joined(userId, channel)
     return { channelId: channel.id }
-  })
+  }),
 
-  handle(ctx, socket, allow, 'channel:leave', ChannelLeaveSchema, async (p) => {
-    memberOf(p.channelId)
-    await broker.rpc.call({ op: 'channel.leave', userId, channelId: p.channelId })
-    await sessions.left(userId, p.channelId)
+  'channel:leave': route(ChannelLeaveSchema, async (ctx, socket, p) => {
+    memberOf(ctx, socket, p.channelId)
+    const userId = socket.data.userId
+    await ctx.broker.rpc.call({ op: 'channel.leave', userId, channelId: p.channelId })
+    await ctx.sessions.left(userId, p.channelId)
     return {}
   })
-}
+} satisfies Record<EventName, ReturnType<typeof route>>

@@ -1,11 +1,14 @@
 /** The gateway's typed Socket.IO server and socket (the one sanctioned cast is in plugins/socket-io.ts). */
 import type { Server, Socket } from 'socket.io'
 import type { ClientToServerEvents, ServerToClientEvents } from '../contracts/protocol.js'
+import type { Bucket } from './handle.js'
 
 export interface SocketData {
   userId: string
-  /** Token expiry, seconds since epoch, if the token has one. */
+  /** Token expiry, seconds since epoch, if the token has one; enforced by gateway/sweep.ts. */
   exp?: number
+  /** The socket's rate-limit token bucket (gateway/handle.ts). */
+  bucket: Bucket
 }
 
 // eslint-disable-next-line @typescript-eslint/no-empty-interface

@@ -7,9 +7,11 @@ import type { Config } from '../config.js'
 import { createTokenVerifier } from '../gateway/auth.js'
 import { createDeliveryHandler } from '../gateway/deliveries.js'
 import { drainSockets } from '../gateway/drain.js'
-import { watchSlowConsumers } from '../gateway/backpressure.js'
+import { sweepSockets } from '../gateway/sweep.js'
+import type { AppSocket } from '../gateway/types.js'
 import type { GatewayContext } from '../gateway/context.js'
-import { registerHandlers } from '../gateway/handlers.js'
+import { createDispatcher } from '../gateway/handle.js'
+import { routes } from '../gateway/handlers.js'
 import { createGatewayMetrics, type GatewayMetrics } from '../gateway/metrics.js'
 import { Sessions } from '../gateway/sessions.js'
 import { ClientError } from '../errors.js'
@@ -55,11 +57,14 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
     if (generation > 1) io.local.emit('session:resync', { reason: 'BROKER_RECONNECTED' })
   })
   app.deliveries.handle = createDeliveryHandler(io, sessions, metrics, log)
-  const stopSweep = watchSlowConsumers(io, {
+  const dispatch = createDispatcher(ctx, routes)
+  const onDisconnect = function (this: AppSocket) { sessions.detach(this) }
+  const stopSweep = sweepSockets(io, {
     maxPendingPackets: config.SOCKET_MAX_PENDING_PACKETS,
     maxBufferedBytes: config.SOCKET_MAX_BUFFER_BYTES,
-    intervalMs: 1000
-  }, log, () => metrics.slowConsumers.inc())
+    intervalMs: 1000,
+    onSlowConsumer: () => metrics.slowConsumers.inc()
+  }, log)
   app.addHook('onClose', async () => { stopSweep() })
 
   io.use((socket, next) => {
@@ -102,23 +107,13 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
       return
     }
     metrics.connections.inc({ outcome: 'accepted' })
+    // The token is verified; keeping it (and the handshake headers) costs memory per socket.
+    socket.handshake.auth = {}
+    socket.data.bucket = { tokens: config.SOCKET_RATE_BURST, last: performance.now() }
     sessions.attach(socket)
-    registerHandlers(ctx, socket)
-    let expiry: NodeJS.Timeout | undefined
-    if (socket.data.exp !== undefined) {
-      const ms = socket.data.exp * 1000 - Date.now()
-      // setTimeout fires at once for delays over 2^31-1 ms; such tokens outlive any socket anyway.
-      if (ms <= 2_147_483_647) {
-        expiry = setTimeout(() => {
-          socket.emit('session:end', { code: 'TOKEN_EXPIRED', message: 'the token expired; reconnect with a new one' })
-          socket.disconnect(true)
-        }, Math.max(0, ms))
-      }
-    }
-    socket.on('disconnect', () => {
-      clearTimeout(expiry)
-      sessions.detach(socket)
-    })
+    // Shared listeners (Socket.IO calls them with the socket as `this`): no closures per socket.
+    socket.onAny(dispatch)
+    socket.on('disconnect', onDisconnect)
   })
 
   app.decorate('sessions', sessions)

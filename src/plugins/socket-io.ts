@@ -36,6 +36,14 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   })
   const io = app.io as unknown as Server
   // The HTTP request of a connected socket is never used again; drop it to save memory.
+  // engine.io's upgrade response still references it until the socket closes, so empty
+  // its headers too (authentication reads `auth`, not headers).
   // @see https://socket.io/docs/v4/memory-usage/
-  io.engine.on('connection', (raw: { request: unknown }) => { raw.request = null })
+  io.engine.on('connection', (raw: { request: { headers?: unknown, rawHeaders?: unknown } | null }) => {
+    if (raw.request !== null) {
+      raw.request.headers = {}
+      raw.request.rawHeaders = []
+    }
+    raw.request = null
+  })
 }, { name: 'socket-io', fastify: '5.x' })
