@@ -38,23 +38,38 @@ export class ConfirmedPublisher {
    * @throws PublishError
    */
   async publish (envelope: Envelope, body: unknown, timeoutMs: number): Promise<void> {
+    await this.publishAll([{ envelope, body }], timeoutMs)
+  }
+
+  /**
+   * Publishes several messages at once (their frames leave in one write, see
+   * coalesce.ts) under one timer; resolves when every one is confirmed.
+   * @throws PublishError for the first that fails
+   */
+  async publishAll (messages: Array<{ envelope: Envelope, body: unknown }>, timeoutMs: number): Promise<void> {
     if (this.#closing !== undefined) throw new PublishError('APP_PUBLISHER_CLOSED', 'publisher is closed', true)
-    const messageId = envelope.messageId ?? randomUUID()
+    // Only a mandatory message can come back, and only its id tells which one did.
+    const sends = messages.map(({ envelope, body }) => {
+      const tracked = envelope.mandatory === true ? { ...envelope, messageId: envelope.messageId ?? randomUUID() } : envelope
+      return this.#publisher.send(tracked, body).then(() => {
+        if (tracked.mandatory === true && this.#returned.delete(tracked.messageId!)) {
+          throw new PublishError('APP_PUBLISH_UNROUTABLE', `no queue is bound to ${tracked.exchange ?? ''}/${tracked.routingKey ?? ''}`, false)
+        }
+      }, (err: unknown) => {
+        if (tracked.messageId !== undefined) this.#returned.delete(tracked.messageId)
+        throw new PublishError('APP_PUBLISH_FAILED', 'broker refused or lost the message', true, err)
+      })
+    })
     let timer: NodeJS.Timeout | undefined
     const timeout = new Promise<never>((_resolve, reject) => {
       timer = setTimeout(() => reject(new PublishError('APP_PUBLISH_TIMEOUT', `broker did not confirm within ${timeoutMs} ms`, true)), timeoutMs)
     })
     try {
-      await Promise.race([this.#publisher.send({ ...envelope, messageId }, body), timeout])
-    } catch (err) {
-      this.#returned.delete(messageId)
-      if (err instanceof PublishError) throw err
-      throw new PublishError('APP_PUBLISH_FAILED', 'broker refused or lost the message', true, err)
+      await Promise.race([Promise.all(sends), timeout])
     } finally {
       clearTimeout(timer)
-    }
-    if (envelope.mandatory === true && this.#returned.delete(messageId)) {
-      throw new PublishError('APP_PUBLISH_UNROUTABLE', `no queue is bound to ${envelope.exchange ?? ''}/${envelope.routingKey ?? ''}`, false)
+      // Settle the losers of the race so none becomes an unhandled rejection.
+      for (const send of sends) send.catch(() => {})
     }
   }
 

@@ -12,7 +12,7 @@
  * - deliveries cannot be published: the batch is requeued; on redelivery the rows
  *   are found as duplicates and their deliveries published again.
  */
-import type { AsyncMessage } from 'rabbitmq-client'
+import type { AsyncMessage, Envelope } from 'rabbitmq-client'
 import { ConsumerStatus } from 'rabbitmq-client'
 import { SendCommandSchema, type Delivery, type SendCommand } from '../contracts/envelopes.js'
 import { compile } from '../contracts/validate.js'
@@ -145,19 +145,21 @@ export class SendPipeline {
   }
 
   async #publish (batch: Valid[], outcomes: PersistOutcome[], retried: boolean): Promise<void> {
-    const publishes: Array<Promise<void>> = []
+    const messages: Array<{ envelope: Envelope, body: Delivery }> = []
+    const counts = { stored: 0, duplicate: 0, rejected: 0 }
     batch.forEach((b, i) => {
       const outcome = outcomes[i]!
-      if (outcome.status === 'stored') this.#o.metrics.persisted.inc()
-      else if (outcome.status === 'duplicate') this.#o.metrics.duplicates.inc()
-      else this.#o.metrics.rejected.inc()
+      counts[outcome.status]++
       for (const delivery of this.#deliveriesFor(b, outcome, retried)) {
-        publishes.push(this.#o.publisher.publish(deliveryEnvelope(this.#o.outgoingExchange, delivery), delivery, this.#o.publishTimeoutMs ?? 10_000))
+        messages.push({ envelope: deliveryEnvelope(this.#o.outgoingExchange, delivery), body: delivery })
       }
     })
+    this.#o.metrics.persisted.inc(counts.stored)
+    this.#o.metrics.duplicates.inc(counts.duplicate)
+    this.#o.metrics.rejected.inc(counts.rejected)
     try {
-      await Promise.all(publishes)
-      this.#o.metrics.delivered.inc(publishes.length)
+      await this.#o.publisher.publishAll(messages, this.#o.publishTimeoutMs ?? 10_000)
+      this.#o.metrics.delivered.inc(messages.length)
     } catch (err) {
       // Rows are committed; a redelivery finds them as duplicates and publishes again.
       this.#o.log.warn({ err }, 'could not publish deliveries; requeueing the batch')
