@@ -35,6 +35,9 @@ export const routes = {
     if (p.channelId !== undefined) memberOf(ctx, socket, p.channelId)
     // Under a broker alarm, holding sends in memory would only grow the gateway; refuse now.
     if (broker.blocked()) throw new ClientError('UNAVAILABLE', 'the broker is refusing new messages; retry later with the same clientMsgId')
+    // Disconnected, rabbitmq-client would hold the publish and send it after reconnecting,
+    // possibly long after the client was told UNAVAILABLE: refuse instead of queueing.
+    if (!broker.publishConnection.ready) throw new ClientError('UNAVAILABLE', 'not connected to the broker; retry later with the same clientMsgId')
     const command: SendCommand = {
       v: ENVELOPE_VERSION,
       senderId: socket.data.userId,

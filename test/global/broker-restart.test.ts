@@ -54,5 +54,5 @@ t.test('stop_app / start_app: no false ok, every binding back, nothing acked los
   t.equal(res.ok, true)
   await bob.waitFor<Message>('message:new', (m) => m.content === 'after', 15_000)
   const rows = await sql<Array<{ content: string }>>`select content from messages where channel_id = ${channelId} order by seq`
-  t.same(rows.map((r) => r.content), ['before', 'after'], 'stored exactly what was acked')
+  t.same(rows.map((r) => r.content), ['before', 'after'], 'stored exactly what was acked: a refused send is not held and published later')
 })
