@@ -5,6 +5,7 @@
  */
 import { createServer } from 'node:net'
 import type { Connection } from 'rabbitmq-client'
+import { isOpen } from './broker/socket.js'
 import { redactUrl } from './log.js'
 
 export class StartupError extends Error {
@@ -46,7 +47,7 @@ export function describeBrokerFailure (err: unknown, url: string): string {
 
 /** Resolves once `connection` is up; rejects with a StartupError after `timeoutMs`. */
 export function waitForBroker (connection: Connection, url: string, timeoutMs: number): Promise<void> {
-  if (connection.ready) return Promise.resolve()
+  if (isOpen(connection)) return Promise.resolve()
   return new Promise((resolve, reject) => {
     let firstError: unknown
     const onError = (err: unknown) => {

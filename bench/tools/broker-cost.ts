@@ -3,14 +3,14 @@
  * one queue, consume them on the same connection, read beam.smp's CPU from /proc.
  *
  *   node --import tsx bench/tools/broker-cost.ts            # rabbitmq-client as is
- *   COALESCE=1 node --import tsx bench/tools/broker-cost.ts # with src/broker/coalesce.ts
+ *   COALESCE=1 node --import tsx bench/tools/broker-cost.ts # with src/broker/socket.ts
  *
  * Uses the default vhost with queues named micro.* (deleted afterwards).
  */
 import { execSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { Connection } from 'rabbitmq-client'
-import { coalesceWrites } from '../../src/broker/coalesce.js'
+import { coalesceWrites } from '../../src/broker/socket.js'
 
 const beam = execSync('pgrep -x beam.smp').toString().trim().split('\n')[0]
 const ticks = () => {

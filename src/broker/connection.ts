@@ -6,7 +6,7 @@
  */
 import { Connection } from 'rabbitmq-client'
 import type { Logger } from '../log.js'
-import { coalesceWrites } from './coalesce.js'
+import { coalesceWrites } from './socket.js'
 
 export interface BrokerConnectionOptions {
   url: string

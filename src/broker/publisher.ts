@@ -43,7 +43,7 @@ export class ConfirmedPublisher {
 
   /**
    * Publishes several messages at once (their frames leave in one write, see
-   * coalesce.ts) under one timer; resolves when every one is confirmed.
+   * socket.ts) under one timer; resolves when every one is confirmed.
    * @throws PublishError for the first that fails
    */
   async publishAll (messages: Array<{ envelope: Envelope, body: unknown }>, timeoutMs: number): Promise<void> {

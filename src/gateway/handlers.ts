@@ -5,6 +5,7 @@
 import { ROUTE_SEND } from '../broker/topology.js'
 import { PublishError } from '../broker/publisher.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
+import { isOpen } from '../broker/socket.js'
 import { ENVELOPE_VERSION, type Delivery, type SendCommand } from '../contracts/envelopes.js'
 import {
   ChannelCreateSchema, ChannelLeaveSchema, ChannelsListSchema, HistoryFetchSchema, MessageSendSchema, TypingSchema
@@ -37,7 +38,7 @@ export const routes = {
     if (broker.blocked()) throw new ClientError('UNAVAILABLE', 'the broker is refusing new messages; retry later with the same clientMsgId')
     // Disconnected, rabbitmq-client would hold the publish and send it after reconnecting,
     // possibly long after the client was told UNAVAILABLE: refuse instead of queueing.
-    if (!broker.publishConnection.ready) throw new ClientError('UNAVAILABLE', 'not connected to the broker; retry later with the same clientMsgId')
+    if (!isOpen(broker.publishConnection)) throw new ClientError('UNAVAILABLE', 'not connected to the broker; retry later with the same clientMsgId')
     const command: SendCommand = {
       v: ENVELOPE_VERSION,
       senderId: socket.data.userId,

@@ -8,6 +8,7 @@ import type { Connection, Publisher } from 'rabbitmq-client'
 import type { Config } from '../config.js'
 import { openConnection } from '../broker/connection.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
+import { isOpen } from '../broker/socket.js'
 import { WorkerRpc } from '../broker/rpc.js'
 import { brokerNames, publisherTopology, type BrokerNames } from '../broker/topology.js'
 
@@ -58,7 +59,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     publisher,
     ephemeral,
     rpc,
-    connected: () => consumeConnection.ready && (publishConnection.ready || blocked),
+    connected: () => isOpen(consumeConnection) && isOpen(publishConnection),
     blocked: () => blocked
   })
 

@@ -9,6 +9,7 @@ import type { Config } from '../config.js'
 import type { Delivery } from '../contracts/envelopes.js'
 import { openConnection } from '../broker/connection.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
+import { isOpen } from '../broker/socket.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
 import { brokerNames, consumerTopology, declareTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
 import { sql } from 'drizzle-orm'
@@ -177,7 +178,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   }, 5000)
   ping.unref()
 
-  const brokerUp = () => consumeConn.ready && ready.sends && ready.rpc && sends.queue !== '' && rpc.queue !== ''
+  const brokerUp = () => isOpen(consumeConn) && ready.sends && ready.rpc && sends.queue !== '' && rpc.queue !== ''
 
   async function shutdown (): Promise<void> {
     clearInterval(ping)
