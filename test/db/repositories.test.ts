@@ -30,11 +30,12 @@ for (const backend of ['postgres', 'pglite'] as const) {
     else handle = await openEmbeddedDatabase()
     t.teardown(() => handle.close())
     t.equal(handle.kind, backend)
-    await suite(t, handle.db)
+    await suite(t, handle.db, backend === 'postgres')
   })
 }
 
-async function suite (t: Test, db: Database): Promise<void> {
+/** `concurrent`: the database serves several connections at once (PGlite serves one). */
+async function suite (t: Test, db: Database, concurrent: boolean): Promise<void> {
   const channels = createChannelsRepository(db)
   const messages = createMessagesRepository(db)
 
@@ -61,6 +62,13 @@ async function suite (t: Test, db: Database): Promise<void> {
     const inOne = await messages.persistBatch([dm('cat', 'dan', 'y', other), dm('cat', 'dan', 'y', other)])
     t.same(inOne.map((o) => o.status), ['stored', 'duplicate'])
     t.equal(await count(db, sql`select count(*) as n from messages where sender_id = 'cat'`), 2)
+    // A uuid in capitals (valid input) is the same key as in lower case, as PostgreSQL compares them.
+    const upper = randomUUID()
+    const mixed = await messages.persistBatch([dm('cat', 'dan', 'u', upper.toUpperCase()), dm('cat', 'dan', 'u', upper)])
+    t.same(mixed.map((o) => o.status), ['stored', 'duplicate'], 'a capitalised clientMsgId is stored, once')
+    const [retried] = await messages.persistBatch([dm('cat', 'dan', 'u', upper.toUpperCase())])
+    t.equal(retried?.status, 'duplicate', 'and its retry is a duplicate')
+    t.equal(await count(db, sql`select count(*) as n from messages where sender_id = 'cat'`), 3)
     const [fromDan] = await messages.persistBatch([dm('dan', 'cat', 'z', id)])
     t.equal(fromDan?.status, 'stored', 'the same id from another sender is another message')
   })
@@ -97,6 +105,38 @@ async function suite (t: Test, db: Database): Promise<void> {
     const stored = await rows<{ seq: number | string, client_msg_id: string }>(db, sql`select seq, client_msg_id from messages where channel_id = ${channel.id} order by seq`)
     t.equal(stored.filter((r) => r.client_msg_id === id).length, 1, 'stored once')
     t.same(stored.map((r) => Number(r.seq)), stored.map((_, i) => i + 1), 'no gap')
+  })
+
+  t.test('a message stored first by a concurrent transaction: the whole batch is refused for a retry and writes nothing', { skip: !concurrent && 'one connection only' }, async (t) => {
+    const { channel } = await channels.createGroup('pat', 'race-held', [])
+    const id: string = randomUUID()
+    let release!: () => void
+    const held = new Promise<void>((resolve) => { release = resolve })
+    let stored!: () => void
+    const storedFirst = new Promise<void>((resolve) => { stored = resolve })
+    // Stores `id` and keeps its transaction open: the row is invisible to the racing batch.
+    const holder = db.transaction(async (tx) => {
+      await createMessagesRepository(tx as unknown as Database).persistBatch([post('pat', channel.id, 'first', id)])
+      stored()
+      await held
+    })
+    await storedFirst
+    const racing = messages.persistBatch([post('pat', channel.id, 'other'), post('pat', channel.id, 'first', id)])
+    racing.catch(() => {})
+    // The racing batch is past its duplicate check once it waits for the holder's channel lock.
+    for (let i = 0; i < 200; i++) {
+      if (await count(db, sql`select count(*) as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`) > 0) break
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    release()
+    await holder
+    await t.rejects(racing, { code: 'APP_CONCURRENT_INSERT' }, 'refused for a retry')
+    t.equal(await count(db, sql`select count(*) as n from messages where channel_id = ${channel.id}`), 1, 'nothing of the refused batch was written')
+    t.equal(await count(db, sql`select last_seq as n from channels where id = ${channel.id}`), 1, 'no seq consumed')
+    const retried = await messages.persistBatch([post('pat', channel.id, 'other'), post('pat', channel.id, 'first', id)])
+    t.same(retried.map((o) => o.status), ['stored', 'duplicate'], 'the retry stores the rest and finds the first')
+    const seqs = await rows<{ seq: number | string }>(db, sql`select seq from messages where channel_id = ${channel.id} order by seq`)
+    t.same(seqs.map((r) => Number(r.seq)), [1, 2], 'no gap')
   })
 
   t.test('history: members only, oldest first, afterSeq / beforeSeq / latest', async (t) => {

@@ -2,7 +2,7 @@
  * Channels and their members. A direct conversation between two users is one
  * channel whose `direct_key` is the sorted pair, so it is found, never duplicated.
  */
-import { and, asc, eq, inArray, sql } from 'drizzle-orm'
+import { and, asc, eq, inArray } from 'drizzle-orm'
 import { channels, members } from '../../../drizzle/schema.js'
 import type { ChannelSummary } from '../../contracts/protocol.js'
 import { ClientError } from '../../errors.js'
@@ -100,49 +100,6 @@ export function createChannelsRepository (db: Database) {
       if (channel === undefined) throw new ClientError('FORBIDDEN', 'not a member of this channel')
       if (channel.kind === 'direct') throw new ClientError('VALIDATION', 'a direct conversation cannot be left')
       await db.delete(members).where(and(eq(members.channelId, channelId), eq(members.userId, userId)))
-    },
-
-    /** Ensures the direct channels for these pairs exist; returns direct_key → channel id. */
-    async ensureDirect (pairs: Array<[string, string]>, tx: Database = db): Promise<Map<string, string>> {
-      const wanted = new Map<string, [string, string]>()
-      for (const [a, b] of pairs) wanted.set(directKey(a, b), a < b ? [a, b] : [b, a])
-      const ids = new Map<string, string>()
-      if (wanted.size === 0) return ids
-      const keys = [...wanted.keys()]
-      const found = await tx.select({ id: channels.id, key: channels.directKey }).from(channels).where(sql`${channels.directKey} = any(${sql.param(keys)}::text[])`)
-      for (const r of found) if (r.key !== null) ids.set(r.key, r.id)
-      const missing = keys.filter((k) => !ids.has(k))
-      if (missing.length > 0) {
-        // Another worker may create the same pair concurrently: DO NOTHING, then read back.
-        const created = await tx.insert(channels)
-          .values(missing.map((key) => ({ kind: 'direct' as const, directKey: key, createdBy: wanted.get(key)![0] })))
-          .onConflictDoNothing({ target: channels.directKey })
-          .returning({ id: channels.id, key: channels.directKey })
-        const newRows = created.filter((r) => r.key !== null).map((r) => ({ id: r.id, key: r.key! }))
-        if (newRows.length > 0) {
-          await tx.insert(members)
-            .values(newRows.flatMap(({ id, key }) => [...new Set(wanted.get(key)!)].map((userId) => ({ channelId: id, userId }))))
-            .onConflictDoNothing()
-        }
-        for (const r of newRows) ids.set(r.key, r.id)
-        const raced = missing.filter((k) => !ids.has(k))
-        if (raced.length > 0) {
-          const again = await tx.select({ id: channels.id, key: channels.directKey }).from(channels).where(inArray(channels.directKey, raced))
-          for (const r of again) if (r.key !== null) ids.set(r.key, r.id)
-        }
-      }
-      return ids
-    },
-
-    /** (channel, user) pairs among those given that are memberships, with the channel's kind and key. */
-    async memberships (pairs: Array<{ channelId: string, userId: string }>, tx: Database = db) {
-      if (pairs.length === 0) return []
-      // Arrays, not a row list: one prepared statement for every batch size.
-      const pairsTable = sql`unnest(${sql.param(pairs.map((p) => p.channelId))}::uuid[], ${sql.param(pairs.map((p) => p.userId))}::text[])`
-      return await tx.select({ channelId: members.channelId, userId: members.userId, kind: channels.kind, directKey: channels.directKey })
-        .from(members)
-        .innerJoin(channels, eq(channels.id, members.channelId))
-        .where(sql`(${members.channelId}, ${members.userId}) in (select * from ${pairsTable})`)
     }
   }
 }
