@@ -79,7 +79,16 @@ export async function runPhase (o: PhaseOptions): Promise<PhaseResult> {
   const typing = o.kind === 'typing'
   const got = (s: AgentStats) => typing ? s.typingReceived : s.received - s.duplicates
   const acks = (s: AgentStats) => typing ? s.typingAcked : s.acked
-  const drained = await drain(pool, (s) => got(before) + (acks(s) - acks(before)) * o.fanout, got, { label: `${o.label} drain`, maxMs: o.drainMaxMs ?? 60_000 })
+  // The worker has caught up once its persisted count has not moved for a second
+  // (a batch takes well under that).
+  let lastPersisted = p1
+  let movedAt = performance.now()
+  const settled = async () => {
+    const p = await persistedCount(o.workerUrl)
+    if (p !== lastPersisted) { lastPersisted = p; movedAt = performance.now() }
+    return performance.now() - movedAt >= 1000
+  }
+  const drained = await drain(pool, (s) => got(before) + (acks(s) - acks(before)) * o.fanout, got, { label: `${o.label} drain`, maxMs: o.drainMaxMs ?? 60_000, settled })
   const p2 = await persistedCount(o.workerUrl)
   const report = await pool.report()
   const errors: Record<string, number> = {}

@@ -93,9 +93,11 @@ export async function checkPersisted (sql: postgres.Sql, report: PoolReport, tab
 
 /**
  * Waits until every sent message has its ack and its deliveries (received reaches
- * `expected(stats)`), or nothing moved for `quietMs`, or `maxMs` passed.
+ * `expected(stats)`) and `settled()` holds, or nothing moved for `quietMs`, or `maxMs`
+ * passed. `settled` is for a backlog the counts cannot see: deliveries of sends that
+ * were stored without an ack make up, in the count, for acked sends still queued.
  */
-export async function drain (pool: LoadPool, expected: (s: AgentStats) => number, got: (s: AgentStats) => number, opts: { quietMs?: number, maxMs?: number, label?: string } = {}): Promise<{ ms: number, complete: boolean, stats: AgentStats }> {
+export async function drain (pool: LoadPool, expected: (s: AgentStats) => number, got: (s: AgentStats) => number, opts: { quietMs?: number, maxMs?: number, label?: string, settled?: () => Promise<boolean> } = {}): Promise<{ ms: number, complete: boolean, stats: AgentStats }> {
   const started = performance.now()
   let last = -1
   let lastChange = performance.now()
@@ -103,7 +105,7 @@ export async function drain (pool: LoadPool, expected: (s: AgentStats) => number
     const s = await pool.stats()
     const want = expected(s)
     const have = got(s)
-    const complete = s.loadDone && s.inflight === 0 && have >= want
+    const complete = s.loadDone && s.inflight === 0 && have >= want && (opts.settled === undefined || await opts.settled())
     const now = performance.now()
     if (have !== last) { last = have; lastChange = now }
     if (complete || now - lastChange > (opts.quietMs ?? 10_000) || now - started > (opts.maxMs ?? 60_000)) {
