@@ -139,7 +139,8 @@ t.test('a few hundred random payloads to every event and to unknown events: code
         if (code === 'INTERNAL') wrong.push(`INTERNAL: ${what}`)
         if (!c.known && code !== 'VALIDATION') wrong.push(`unknown event not refused: ${what}`)
         if (c.known && c.args.length !== 1 && code !== 'VALIDATION') wrong.push(`not one payload, not refused: ${what}`)
-        if (code === 'ok' && c.event === 'message:send') okSends.add(`${client.userId}\n${(ack as Ack).clientMsgId}`)
+        // A clientMsgId is a uuid: stored in lower case whatever case it was sent in.
+        if (code === 'ok' && c.event === 'message:send') okSends.add(`${client.userId}\n${(ack as Ack).clientMsgId!.toLowerCase()}`)
         if (code === 'ok' && c.event === 'channel:create') okChannels.add((ack as Ack).channelId!)
       }))
     }
@@ -164,7 +165,7 @@ t.test('a few hundred random payloads to every event and to unknown events: code
   // Each fuzzer's last message is stored after everything it sent before (one queue, in order).
   const markers = await Promise.all(fuzzers.map((f) => f.send({ toUserId: 'bob' }, `marker from ${f.userId}`)))
   t.ok(markers.every((m) => m.ok), 'the fuzzers can still send')
-  for (const m of markers) okSends.add(`${fuzzers[markers.indexOf(m)]!.userId}\n${m.clientMsgId}`)
+  for (const m of markers) okSends.add(`${fuzzers[markers.indexOf(m)]!.userId}\n${m.clientMsgId!.toLowerCase()}`)
   t.match(await alice.send({ toUserId: 'bob' }, 'after the storm'), { ok: true })
   await bob.waitFor<Message>('message:new', (m) => m.content === 'after the storm', 15_000)
   for (const f of fuzzers) await bob.waitFor<Message>('message:new', (m) => m.content === `marker from ${f.userId}`, 15_000)
@@ -174,6 +175,13 @@ t.test('a few hundred random payloads to every event and to unknown events: code
     select sender_id, client_msg_id, content from messages where sender_id like 'fuzz-%'`
   const unacked = rows.filter((r) => !okSends.has(`${r.sender_id}\n${r.client_msg_id}`))
   t.same(unacked, [], 'every stored message was acknowledged ok to its sender')
+  // And the other way round: an ok is a promise. The worker may still refuse a send (the
+  // sender left the channel meanwhile), but then says so with message:rejected.
+  const storedKeys = new Set(rows.map((r) => `${r.sender_id}\n${r.client_msg_id}`))
+  const rejected = new Set(fuzzers.flatMap((f) => f.events
+    .filter((e) => e.event === 'message:rejected')
+    .map((e) => `${f.userId}\n${String((e.args[0] as { clientMsgId?: unknown } | undefined)?.clientMsgId).toLowerCase()}`)))
+  t.same([...okSends].filter((k) => !storedKeys.has(k) && !rejected.has(k)), [], 'every send acknowledged ok was stored, or refused with message:rejected')
   t.ok(rows.every((r) => spec.chatText(r.content, 1, 4000)), 'every stored content is valid text within MAX_CONTENT_CHARS')
   t.ok(rows.length > fuzzers.length, `valid messages among the fuzz were stored (${rows.length - fuzzers.length}, plus the markers)`)
   const [{ n: rowsAfter }] = await sql<[{ n: number }]>`select count(*)::int as n from messages`
