@@ -26,6 +26,16 @@ export function isTransientDbError (err: unknown): boolean {
   return false
 }
 
+/** The SQLSTATE (or driver code) of a database error, however postgres.js or drizzle wraps it. */
+export function sqlState (err: unknown): string | undefined {
+  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code
+    if (typeof code === 'string') return code
+    e = e.cause
+  }
+  return undefined
+}
+
 /** A loggable summary without query parameters (they hold message content). */
 export function describeDbError (err: unknown): { code?: string, message: string } {
   let e: unknown = err

@@ -7,6 +7,7 @@ import type { SendCommand } from '../../contracts/envelopes.js'
 import type { ChannelKind, Message } from '../../contracts/protocol.js'
 import { ClientError, type ErrorBody } from '../../errors.js'
 import type { Database } from '../client.js'
+import { sqlState } from '../errors.js'
 import { createChannelsRepository, directKey } from './channels.js'
 
 export type MessagesRepository = ReturnType<typeof createMessagesRepository>
@@ -52,16 +53,6 @@ export function rawToMessage (row: RawMessage, kind: ChannelKind): Message {
 
 /** Raised by chat_persist_batch when a concurrent transaction stored one of the batch's messages first. */
 const CONCURRENT_INSERT_SQLSTATE = 'CH001'
-
-/** The SQLSTATE of a database error, however the driver or drizzle wraps it. */
-function sqlState (err: unknown): string | undefined {
-  for (let e: unknown = err, depth = 0; e instanceof Error && depth < 5; depth++) {
-    const code = (e as { code?: unknown }).code
-    if (typeof code === 'string') return code
-    e = e.cause
-  }
-  return undefined
-}
 
 /** Rows of a raw statement. Drivers differ in the result's shape (postgres.js: an array), hence the cast. */
 async function rows<T> (db: Database, query: SQL): Promise<T[]> {
