@@ -24,6 +24,12 @@ function memberOf (ctx: GatewayContext, socket: AppSocket, channelId: string) {
   return channel
 }
 
+/** A send answered UNAVAILABLE, counted by why. */
+function refuse (ctx: GatewayContext, reason: 'blocked' | 'disconnected' | 'backlog' | 'unconfirmed', message: string, cause?: unknown): ClientError {
+  ctx.metrics.sendsRefused.inc({ reason })
+  return new ClientError('UNAVAILABLE', message, cause === undefined ? undefined : { cause })
+}
+
 export const routes = {
   'message:send': route(MessageSendSchema, async (ctx, socket, p) => {
     const { config, broker } = ctx
@@ -35,10 +41,11 @@ export const routes = {
     }
     if (p.channelId !== undefined) memberOf(ctx, socket, p.channelId)
     // Under a broker alarm, holding sends in memory would only grow the gateway; refuse now.
-    if (broker.blocked()) throw new ClientError('UNAVAILABLE', 'the broker is refusing new messages; retry later with the same clientMsgId')
+    if (broker.blocked()) throw refuse(ctx, 'blocked', 'the broker is refusing new messages; retry later with the same clientMsgId')
     // Disconnected, rabbitmq-client would hold the publish and send it after reconnecting,
     // possibly long after the client was told UNAVAILABLE: refuse instead of queueing.
-    if (!isOpen(broker.publishConnection)) throw new ClientError('UNAVAILABLE', 'not connected to the broker; retry later with the same clientMsgId')
+    if (!isOpen(broker.publishConnection)) throw refuse(ctx, 'disconnected', 'not connected to the broker; retry later with the same clientMsgId')
+    if (broker.backlog.over) throw refuse(ctx, 'backlog', `${broker.backlog.depth ?? 'too many'} messages are waiting to be stored; retry later with the same clientMsgId`)
     const command: SendCommand = {
       v: ENVELOPE_VERSION,
       senderId: socket.data.userId,
@@ -61,7 +68,7 @@ export const routes = {
     } catch (err) {
       if (err instanceof PublishError) {
         ctx.log.warn({ err, userId: socket.data.userId }, 'send not confirmed by the broker')
-        throw new ClientError('UNAVAILABLE', 'the message was not accepted; retry with the same clientMsgId', { cause: err })
+        throw refuse(ctx, 'unconfirmed', 'the message was not accepted; retry with the same clientMsgId', err)
       }
       throw err
     }

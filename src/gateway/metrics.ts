@@ -14,6 +14,8 @@ export interface GaugeSources {
   bindings: () => BindingStats
   ready: () => boolean
   draining: () => boolean
+  /** Depth of the worker queue at the last read; undefined when unknown or not watched. */
+  backlog: () => number | undefined
 }
 
 export function createGatewayMetrics (labels: { server_id: string, region: string }, withDefaults = true) {
@@ -44,6 +46,7 @@ export function createGatewayMetrics (labels: { server_id: string, region: strin
   gauge('chat_gateway_bind_operations_pending', 'Bind/unbind operations queued or in flight.', (s) => s.bindings().pending)
   gauge('chat_gateway_ready', '1 when /ready answers 200.', (s) => s.ready() ? 1 : 0)
   gauge('chat_gateway_draining', '1 while shutting down.', (s) => s.draining() ? 1 : 0)
+  gauge('chat_gateway_worker_backlog_messages', 'Messages waiting in the worker queue at the last read (NaN when unknown); sends are refused over SEND_BACKLOG_MAX. Scale workers on this.', (s) => s.backlog() ?? Number.NaN)
 
   return {
     registry,
@@ -57,6 +60,7 @@ export function createGatewayMetrics (labels: { server_id: string, region: strin
     events: new Counter({ name: 'chat_gateway_events_total', help: 'Client events received, by event.', labelNames: ['event'] as const, registers }),
     errors: new Counter({ name: 'chat_gateway_event_errors_total', help: 'Client events answered with an error, by event and code.', labelNames: ['event', 'code'] as const, registers }),
     publishConfirm: new Histogram({ name: 'chat_gateway_publish_confirm_seconds', help: 'Time from publish to broker confirm of a send.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),
+    sendsRefused: new Counter({ name: 'chat_gateway_sends_refused_total', help: 'Sends answered UNAVAILABLE, by reason (backlog, blocked, disconnected, unconfirmed).', labelNames: ['reason'] as const, registers }),
     slowConsumers: new Counter({ name: 'chat_gateway_slow_consumers_total', help: 'Sockets cut because they did not read their messages (write backlog over the limit).', registers }),
     connections: new Counter({ name: 'chat_gateway_connections_total', help: 'Socket connections, by outcome (accepted, unauthorized, refused).', labelNames: ['outcome'] as const, registers })
   }

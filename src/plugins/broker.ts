@@ -6,6 +6,7 @@
 import fp from 'fastify-plugin'
 import type { Connection, Publisher } from 'rabbitmq-client'
 import type { Config } from '../config.js'
+import { BacklogWatch } from '../broker/backlog.js'
 import { openConnection } from '../broker/connection.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
 import { isOpen } from '../broker/socket.js'
@@ -21,6 +22,8 @@ export interface GatewayBroker {
   /** Unconfirmed, for ephemeral events (typing): losing one is fine, waiting is not. */
   ephemeral: Publisher
   rpc: WorkerRpc
+  /** Depth of the worker queue; sends are refused while it is over SEND_BACKLOG_MAX. */
+  backlog: BacklogWatch
   /** Both connections are open (the publishing one may be blocked by an alarm). */
   connected: () => boolean
   /** The broker blocked publishing (memory or disk alarm): sends are refused at once. */
@@ -51,6 +54,14 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   // A new connection starts unblocked; the broker re-sends connection.blocked if the alarm persists.
   publishConnection.on('connection', () => { blocked = false })
   const rpc = new WorkerRpc(publishConnection, names, config.RPC_TIMEOUT_MS)
+  // On the consuming connection: a publishing one stops reading under a broker alarm.
+  const backlog = new BacklogWatch({
+    connection: consumeConnection,
+    queue: names.workerQueue,
+    max: config.SEND_BACKLOG_MAX,
+    intervalMs: config.SEND_BACKLOG_CHECK_MS,
+    onError: (err) => app.log.debug({ err }, 'could not read the worker queue depth')
+  })
 
   app.decorate('broker', {
     names,
@@ -59,11 +70,13 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     publisher,
     ephemeral,
     rpc,
+    backlog,
     connected: () => isOpen(consumeConnection) && isOpen(publishConnection),
     blocked: () => blocked
   })
 
   app.addHook('onClose', async () => {
+    backlog.close()
     await Promise.allSettled([rpc.close(), publisher.close(), ephemeral.close()])
     await Promise.allSettled([consumeConnection.close(), publishConnection.close()])
   })
