@@ -34,6 +34,8 @@ const Seq = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })
 export const RpcRequestSchema = Type.Union([
   Type.Object({ op: Type.Literal('session.open'), userId: UserIdSchema }, { additionalProperties: false }),
   Type.Object({ op: Type.Literal('channels.list'), userId: UserIdSchema }, { additionalProperties: false }),
+  // A gateway re-reading what its users belong to after a broker outage lost joined/left notices.
+  Type.Object({ op: Type.Literal('memberships.list'), userIds: Type.Array(UserIdSchema, { minItems: 1, maxItems: 1000 }) }, { additionalProperties: false }),
   Type.Object({
     op: Type.Literal('channels.seq'),
     userId: UserIdSchema,
@@ -63,6 +65,8 @@ export type RpcOp = RpcRequest['op']
 export interface RpcResults {
   'session.open': { channels: ChannelSummary[] }
   'channels.list': { channels: ChannelSummary[] }
+  /** One entry per requested user, in request order; pairs, not an object keyed by user id (`__proto__` is a valid id). */
+  'memberships.list': { memberships: Array<{ userId: string, channels: ChannelSummary[] }> }
   'channels.seq': { seqs: Record<string, number> }
   'history.fetch': { messages: Message[] }
   'channel.create': { channel: ChannelSummary }

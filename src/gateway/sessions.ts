@@ -3,8 +3,10 @@
  * `user:{id}` per local user (not per socket) and one on `channel:{id}` per local
  * member, so many sockets or many members cost one binding.
  *
- * Changes to a user's channels (session open, joined, left) run one at a time per
- * user, so a `left` can never overtake the `joined` before it.
+ * Changes to a user's channels (session open, joined, left, resync) run one at a time
+ * per user, so a `left` can never overtake the `joined` before it. A channel list read
+ * from the worker may be older than a joined/left applied while it was in flight;
+ * `changes` and `touched` let it fill in what was missed without undoing those.
  */
 import type { BindingManager } from '../broker/binding-manager.js'
 import { channelKey, userKey } from '../broker/topology.js'
@@ -22,7 +24,14 @@ interface LocalUser {
   tail: Promise<void>
   /** Set once the first session.open answered. */
   loaded: boolean
+  /** joined/left notices applied so far. */
+  changes: number
+  /** The value of `changes` when each channel was last joined or left (created on first use). */
+  touched?: Map<string, number>
 }
+
+/** Users per memberships.list request when re-reading after a broker outage. */
+const RESYNC_CHUNK = 500
 
 export interface SessionsOptions {
   io: AppIo
@@ -30,6 +39,11 @@ export interface SessionsOptions {
   rpc: WorkerRpc
   serverId: string
   log: Logger
+}
+
+function touch (user: LocalUser, channelId: string): void {
+  user.changes++
+  ;(user.touched ??= new Map()).set(channelId, user.changes)
 }
 
 export class Sessions {
@@ -53,7 +67,7 @@ export class Sessions {
     const userId = socket.data.userId
     let user = this.#users.get(userId)
     if (user === undefined) {
-      user = { id: userId, sockets: new Set(), channels: new Map(), tail: Promise.resolve(), loaded: false }
+      user = { id: userId, sockets: new Set(), channels: new Map(), tail: Promise.resolve(), loaded: false, changes: 0 }
       this.#users.set(userId, user)
       void this.#o.bindings.acquire(userKey(userId))
     }
@@ -101,6 +115,7 @@ export class Sessions {
   /** The user gained a channel: bind, join rooms, then tell the sockets. */
   joined (userId: string, channel: ChannelSummary): Promise<void> {
     return this.#serial(userId, async (user) => {
+      touch(user, channel.id)
       if (user.channels.has(channel.id)) {
         user.channels.set(channel.id, { ...channel, lastSeq: Math.max(channel.lastSeq, user.channels.get(channel.id)!.lastSeq) })
         return
@@ -118,6 +133,8 @@ export class Sessions {
   /** The user left a channel: leave rooms, release the key, tell the sockets. */
   left (userId: string, channelId: string): Promise<void> {
     return this.#serial(userId, async (user) => {
+      // Even for a channel not known yet: a list read before this leave must not add it.
+      touch(user, channelId)
       const channel = user.channels.get(channelId)
       if (channel === undefined) return
       user.channels.delete(channelId)
@@ -127,6 +144,64 @@ export class Sessions {
       }
       this.#o.io.to(userRoom(userId)).emit('channel:left', { channelId })
     })
+  }
+
+  /**
+   * Re-reads the channels of every local user and applies what changed: joined/left
+   * notices routed while this gateway had no queue (a broker outage) were dropped by
+   * the broker. Sockets are told with channel:joined / channel:left.
+   * @throws ClientError UNAVAILABLE when the worker cannot answer; safe to call again
+   */
+  async resync (): Promise<void> {
+    const users = [...this.#users.values()]
+    for (let i = 0; i < users.length; i += RESYNC_CHUNK) {
+      const chunk = users.slice(i, i + RESYNC_CHUNK)
+      const since = chunk.map((u) => u.changes)
+      const { memberships } = await this.#o.rpc.call({ op: 'memberships.list', userIds: chunk.map((u) => u.id) })
+      const listed = new Map(memberships.map((m) => [m.userId, m.channels]))
+      await Promise.all(chunk.map((u, k) => this.#serial(u.id, async (current) => {
+        const channels = listed.get(u.id)
+        // A user who left and came back meanwhile has a new record and its own session.open.
+        if (current !== u || channels === undefined) return
+        this.#apply(u, channels, since[k]!)
+      })))
+    }
+  }
+
+  /**
+   * Makes the user's channels those of `listed`, a list read after the user's `changes`
+   * was `since`: a channel joined or left after that keeps its state. Once the user is
+   * loaded, sockets are told; before, their session:ready carries the list.
+   */
+  #apply (u: LocalUser, listed: ChannelSummary[], since: number, opening?: AppSocket): void {
+    const { bindings, io } = this.#o
+    const changedSince = (id: string) => (u.touched?.get(id) ?? 0) > since
+    const tell = u.loaded ? (opening === undefined ? io.to(userRoom(u.id)) : io.to(userRoom(u.id)).except(opening.id)) : undefined
+    const ids = new Set<string>()
+    for (const channel of listed) {
+      ids.add(channel.id)
+      const known = u.channels.get(channel.id)
+      if (known !== undefined) {
+        if (channel.lastSeq > known.lastSeq) known.lastSeq = channel.lastSeq
+        continue
+      }
+      if (changedSince(channel.id)) continue
+      u.channels.set(channel.id, channel)
+      if (channel.kind === 'group') {
+        for (const socket of u.sockets) void socket.join(channelRoom(channel.id))
+        void bindings.acquire(channelKey(channel.id))
+      }
+      tell?.emit('channel:joined', { channel })
+    }
+    for (const channel of [...u.channels.values()]) {
+      if (ids.has(channel.id) || changedSince(channel.id)) continue
+      u.channels.delete(channel.id)
+      if (channel.kind === 'group') {
+        for (const socket of u.sockets) void socket.leave(channelRoom(channel.id))
+        bindings.release(channelKey(channel.id))
+      }
+      tell?.emit('channel:left', { channelId: channel.id })
+    }
   }
 
   #serial (userId: string, change: (user: LocalUser) => Promise<void>): Promise<void> {
@@ -143,30 +218,13 @@ export class Sessions {
     // Anything routed to channel keys bound after this instant may have been missed
     // between the read below and the bind: those channels' lastSeq is read again.
     const mark = bindings.now()
+    const since = user.changes
     const opened = await this.#retry(socket, () => rpc.call({ op: 'session.open', userId: user.id }))
     if (opened === undefined) return false
     let channels: ChannelSummary[] = []
     await this.#serial(user.id, async (u) => {
-      const first = !u.loaded
+      this.#apply(u, opened.channels, since, socket)
       u.loaded = true
-      for (const channel of opened.channels) {
-        const known = u.channels.get(channel.id)
-        if (known === undefined) {
-          u.channels.set(channel.id, channel)
-          if (channel.kind === 'group') void bindings.acquire(channelKey(channel.id))
-        } else if (channel.lastSeq > known.lastSeq) {
-          known.lastSeq = channel.lastSeq
-        }
-      }
-      // Only a user's first session trusts the list for removals; later ones could race a `joined`.
-      if (first) {
-        const listed = new Set(opened.channels.map((c) => c.id))
-        for (const channel of [...u.channels.values()]) {
-          if (listed.has(channel.id)) continue
-          u.channels.delete(channel.id)
-          if (channel.kind === 'group') bindings.release(channelKey(channel.id))
-        }
-      }
       channels = [...u.channels.values()]
       if (socket.connected) {
         for (const channel of channels) if (channel.kind === 'group') void socket.join(channelRoom(channel.id))

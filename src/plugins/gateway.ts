@@ -49,13 +49,33 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
     metrics.bindOps.inc({ op })
     metrics.bindLatency.observe({ op }, durationMs / 1000)
   })
+  let latestGeneration = 0
   app.bindings.on('rebound', ({ generation, durationMs }) => {
     metrics.rebind.observe(durationMs / 1000)
-    // The old queue died with the connection, and whatever was routed while no key was
-    // bound is gone; connected sockets cannot know. Every key is back now, so a history
-    // fetch from here on covers the hole (docs/PROTOCOL.md, recovery flow).
-    if (generation > 1) io.local.emit('session:resync', { reason: 'BROKER_RECONNECTED' })
+    latestGeneration = generation
+    if (generation > 1) void resyncAfterOutage(generation)
   })
+  // The old queue died with the connection, and whatever was routed while no key was
+  // bound is gone, joined/left notices included; connected sockets cannot know. Every key
+  // is back now: first re-read what the users belong to, then tell the sockets, whose
+  // history fetches from here on cover the hole (docs/PROTOCOL.md, recovery flow).
+  async function resyncAfterOutage (generation: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      if (generation !== latestGeneration || draining) return
+      try {
+        await sessions.resync()
+        break
+      } catch (err) {
+        if (attempt >= 8) {
+          log.error({ err }, 'could not re-read channel memberships after a broker outage; they refresh as users reconnect')
+          break
+        }
+        log.warn({ err, attempt }, 'could not re-read channel memberships after a broker outage; retrying')
+        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)))
+      }
+    }
+    if (generation === latestGeneration) io.local.emit('session:resync', { reason: 'BROKER_RECONNECTED' })
+  }
   app.deliveries.handle = createDeliveryHandler(io, sessions, metrics, log)
   const dispatch = createDispatcher(ctx, routes)
   const onDisconnect = function (this: AppSocket) { sessions.detach(this) }

@@ -30,6 +30,8 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
       case 'session.open':
       case 'channels.list':
         return { channels: await deps.channels.listForUser(req.userId) }
+      case 'memberships.list':
+        return { memberships: await deps.channels.listForUsers(req.userIds) }
       case 'channels.seq':
         return { seqs: await deps.channels.seqsForUser(req.userId, req.channelIds) }
       case 'history.fetch':

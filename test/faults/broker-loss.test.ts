@@ -63,3 +63,41 @@ t.test('outage of one gateway\'s broker connections', async (t) => {
   for (let i = 0; i < 3; i++) t.ok(contents.includes(`missed ${i}`), `missed ${i} recovered from history`)
   t.same(history.messages.map((m) => m.seq), history.messages.map((_, i) => lastSeen + 1 + i), 'in seq order, no gaps')
 })
+
+t.test('channels joined and left during the outage are right on the gateway afterwards', async (t) => {
+  const dana = await connectUser(t, cut.url, 'dana')
+  const danaElsewhere = await connectUser(t, other.url, 'dana')
+  const erin = await connectUser(t, other.url, 'erin')
+  const { channelId: old } = await erin.request<{ channelId: string }>('channel:create', { name: 'old', memberIds: ['dana'] })
+  await dana.waitFor('channel:joined', (p: { channel: { id: string } }) => p.channel.id === old)
+
+  proxy.refuse(true)
+  proxy.cut()
+  await waitUntil(async () => (await fetch(`${cut.url}/ready`)).status === 503, 5000, '/ready 503')
+  // Routed to user:dana while the cut gateway has no queue: the broker drops both notices.
+  const { channelId: fresh } = await erin.request<{ channelId: string }>('channel:create', { name: 'fresh', memberIds: ['dana'] })
+  t.same(await danaElsewhere.request('channel:leave', { channelId: old }), { ok: true })
+
+  proxy.refuse(false)
+  const resync = dana.waitFor('session:resync', undefined, 30_000)
+  await waitUntil(async () => (await fetch(`${cut.url}/ready`)).status === 200, 30_000, '/ready 200 after recovery')
+  await resync
+  t.ok(dana.events.some((e) => e.event === 'channel:joined' && (e.args[0] as { channel: { id: string } }).channel.id === fresh), 'told of the channel joined meanwhile')
+  t.ok(dana.events.some((e) => e.event === 'channel:left' && (e.args[0] as { channelId: string }).channelId === old), 'told of the channel left meanwhile')
+  const resyncAt = dana.events.findIndex((e) => e.event === 'session:resync')
+  const joinedAt = dana.events.findIndex((e) => e.event === 'channel:joined' && (e.args[0] as { channel: { id: string } }).channel.id === fresh)
+  t.ok(joinedAt < resyncAt, 'before session:resync, so the client refetches with the right channels')
+
+  const keys = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === cut.app.bindings.queue).map((b) => b.routingKey)
+  t.ok(keys.includes(`channel:${fresh}`), 'the new channel is bound')
+  t.notOk(keys.includes(`channel:${old}`), 'the channel left is not')
+
+  t.equal((await dana.send({ channelId: fresh }, 'hello fresh')).ok, true, 'sends to the new channel are taken')
+  await erin.send({ channelId: fresh }, 'to fresh')
+  await dana.waitFor<Message>('message:new', (m) => m.content === 'to fresh', 10_000)
+  await erin.send({ channelId: old }, 'after dana left')
+  await erin.waitFor<Message>('message:new', (m) => m.content === 'after dana left', 10_000)
+  await sleep(500)
+  t.notOk(dana.messages().some((m) => m.content === 'after dana left'), 'nothing more from the channel left')
+  t.match(await dana.request('typing', { channelId: old }), { ok: false, error: { code: 'FORBIDDEN' } }, 'typing into it is refused')
+})

@@ -51,6 +51,19 @@ export function createChannelsRepository (db: Database) {
       return rows.map((row) => toSummary(row, userId))
     },
 
+    /** Every channel of each user, oldest first; one entry per distinct user, in the given order. */
+    async listForUsers (userIds: string[]): Promise<Array<{ userId: string, channels: ChannelSummary[] }>> {
+      const byUser = new Map(userIds.map((id) => [id, [] as ChannelSummary[]]))
+      if (byUser.size === 0) return []
+      const rows = await db.select({ ...summaryColumns, userId: members.userId })
+        .from(members)
+        .innerJoin(channels, eq(channels.id, members.channelId))
+        .where(inArray(members.userId, [...byUser.keys()]))
+        .orderBy(asc(channels.createdAt), asc(channels.id))
+      for (const row of rows) byUser.get(row.userId)?.push(toSummary(row, row.userId))
+      return [...byUser].map(([userId, list]) => ({ userId, channels: list }))
+    },
+
     /** lastSeq of the given channels, for those the user belongs to. */
     async seqsForUser (userId: string, channelIds: string[]): Promise<Record<string, number>> {
       if (channelIds.length === 0) return {}

@@ -1,0 +1,131 @@
+/**
+ * The order in which a session.open answer and joined/left notices reach a gateway is
+ * up to the network; these orders are hard to produce against the real services on
+ * demand, so Sessions runs here with its worker call and binding manager held in hand.
+ * What is checked is what a user would notice: the channels the gateway lets them use,
+ * the keys it keeps bound and the rooms their sockets are in.
+ */
+import t from 'tap'
+import type { BindingManager } from '../../src/broker/binding-manager.js'
+import type { WorkerRpc } from '../../src/broker/rpc.js'
+import type { ChannelSummary } from '../../src/contracts/protocol.js'
+import { Sessions } from '../../src/gateway/sessions.js'
+import type { AppIo, AppSocket } from '../../src/gateway/types.js'
+import type { Logger } from '../../src/log.js'
+
+interface Deferred<T> { promise: Promise<T>, resolve: (v: T) => void }
+const deferred = <T>(): Deferred<T> => {
+  let resolve!: (v: T) => void
+  const promise = new Promise<T>((r) => { resolve = r })
+  return { promise, resolve }
+}
+const turn = () => new Promise((resolve) => setImmediate(resolve))
+
+function harness () {
+  const refs = new Map<string, number>()
+  const bindings = {
+    acquire: async (key: string) => { refs.set(key, (refs.get(key) ?? 0) + 1) },
+    release: (key: string) => {
+      const n = refs.get(key) ?? 0
+      if (n <= 1) refs.delete(key)
+      else refs.set(key, n - 1)
+    },
+    whenBound: async () => {},
+    now: () => 0,
+    boundSince: () => 0
+  }
+  const answers: Array<Deferred<{ channels: ChannelSummary[] }>> = []
+  const rpc = {
+    call: async (req: { op: string }) => {
+      if (req.op !== 'session.open') return { seqs: {} }
+      const answer = deferred<{ channels: ChannelSummary[] }>()
+      answers.push(answer)
+      return answer.promise
+    }
+  }
+  const emitted: Array<{ event: string, payload: unknown }> = []
+  const emitter = { emit: (event: string, payload: unknown) => { emitted.push({ event, payload }) }, except: () => emitter }
+  const io = { to: () => emitter }
+  const log = { error: () => {}, warn: () => {}, info: () => {}, debug: () => {} }
+  const sessions = new Sessions({
+    io: io as unknown as AppIo,
+    bindings: bindings as unknown as BindingManager,
+    rpc: rpc as unknown as WorkerRpc,
+    serverId: 'gw-test',
+    log: log as unknown as Logger
+  })
+  let next = 0
+  const socket = (userId: string) => {
+    const rooms = new Set<string>()
+    const s = {
+      id: `s${next++}`,
+      data: { userId },
+      connected: true,
+      rooms,
+      join: (room: string) => { rooms.add(room) },
+      leave: (room: string) => { rooms.delete(room) },
+      emit: (event: string, payload: unknown) => { emitted.push({ event, payload }) },
+      disconnect: () => { s.connected = false }
+    }
+    return s
+  }
+  return { sessions, refs, answers, emitted, socket }
+}
+
+const group = (id: string, lastSeq = 0): ChannelSummary => ({ id, kind: 'group', name: `g-${id.slice(0, 4)}`, lastSeq })
+const C1 = '11111111-1111-4111-8111-111111111111'
+const C2 = '22222222-2222-4222-8222-222222222222'
+
+t.test('a channel joined while the first session.open is in flight is kept', async (t) => {
+  const h = harness()
+  const s = h.socket('alice')
+  h.sessions.attach(s as unknown as AppSocket)
+  await turn()
+  await h.sessions.joined('alice', group(C1))
+  h.answers[0]!.resolve({ channels: [] }) // read before the channel was created
+  t.equal(await h.sessions.whenReady(s as unknown as AppSocket), true)
+  t.ok(h.sessions.channelOf('alice', C1), 'still a member here')
+  t.equal(h.refs.get(`channel:${C1}`), 1, 'its key stays bound')
+  t.ok(s.rooms.has(`c:${C1}`), 'the socket stays in its room')
+})
+
+t.test('a channel left while a later session.open is in flight is not brought back', async (t) => {
+  const h = harness()
+  const first = h.socket('alice')
+  h.sessions.attach(first as unknown as AppSocket)
+  await turn()
+  h.answers[0]!.resolve({ channels: [group(C1, 3)] })
+  await h.sessions.whenReady(first as unknown as AppSocket)
+  const second = h.socket('alice')
+  h.sessions.attach(second as unknown as AppSocket)
+  await turn()
+  await h.sessions.left('alice', C1)
+  h.answers[1]!.resolve({ channels: [group(C1, 3)] }) // read before the leave committed
+  t.equal(await h.sessions.whenReady(second as unknown as AppSocket), true)
+  t.notOk(h.sessions.channelOf('alice', C1), 'no longer a member here')
+  t.notOk(h.refs.has(`channel:${C1}`), 'its key is released')
+  t.notOk(second.rooms.has(`c:${C1}`), 'the new socket is not in its room')
+  t.notOk(first.rooms.has(`c:${C1}`), 'nor the old one')
+})
+
+t.test('a later session.open fills in what a loaded user missed, and tells the other sockets', async (t) => {
+  const h = harness()
+  const first = h.socket('alice')
+  h.sessions.attach(first as unknown as AppSocket)
+  await turn()
+  h.answers[0]!.resolve({ channels: [group(C1)] })
+  await h.sessions.whenReady(first as unknown as AppSocket)
+  const second = h.socket('alice')
+  h.sessions.attach(second as unknown as AppSocket)
+  await turn()
+  // Both notices were lost: joined C2, left C1.
+  h.answers[1]!.resolve({ channels: [group(C2)] })
+  await h.sessions.whenReady(second as unknown as AppSocket)
+  t.ok(h.sessions.channelOf('alice', C2), 'C2 known')
+  t.notOk(h.sessions.channelOf('alice', C1), 'C1 forgotten')
+  t.same([...first.rooms].filter((r) => r.startsWith('c:')), [`c:${C2}`], 'the first socket moved rooms too')
+  t.same(h.refs.get(`channel:${C2}`), 1)
+  t.notOk(h.refs.has(`channel:${C1}`))
+  t.ok(h.emitted.some((e) => e.event === 'channel:joined'), 'channel:joined told')
+  t.ok(h.emitted.some((e) => e.event === 'channel:left'), 'channel:left told')
+})
