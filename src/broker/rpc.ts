@@ -13,7 +13,14 @@ export class WorkerRpc {
   readonly #exchange: string
   #closing: Promise<void> | undefined
 
-  constructor (connection: Connection, names: BrokerNames, timeoutMs: number) {
+  readonly #refuse: () => string | undefined
+
+  /**
+   * @param refuse why requests cannot be sent now (e.g. the connection is blocked by a
+   *   broker alarm, where rabbitmq-client would hold them in memory past their timeout)
+   */
+  constructor (connection: Connection, names: BrokerNames, timeoutMs: number, refuse: () => string | undefined = () => undefined) {
+    this.#refuse = refuse
     // Requests expire in the queue after timeoutMs, so a late worker never does stale work.
     this.#client = connection.createRPCClient({ confirm: true, timeout: timeoutMs, maxAttempts: 1 })
     this.#exchange = names.incoming
@@ -25,6 +32,8 @@ export class WorkerRpc {
    */
   async call<O extends RpcOp> (request: Extract<RpcRequest, { op: O }>): Promise<RpcResults[O]> {
     if (this.#closing !== undefined) throw new ClientError('UNAVAILABLE', 'gateway is shutting down')
+    const refused = this.#refuse()
+    if (refused !== undefined) throw new ClientError('UNAVAILABLE', refused)
     let reply
     try {
       reply = await this.#client.send({ exchange: this.#exchange, routingKey: ROUTE_RPC, mandatory: false }, request)

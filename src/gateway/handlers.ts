@@ -86,7 +86,9 @@ export const routes = {
       kind: channel.kind,
       ...(channel.peerId !== undefined ? { peerId: channel.peerId } : {})
     }
-    // Fire and forget: a lost typing notice is harmless, a slow one useless.
+    // Fire and forget: a lost typing notice is harmless, a slow one useless. Blocked or
+    // disconnected, rabbitmq-client would hold it in memory: drop it instead.
+    if (ctx.broker.blocked() || !isOpen(ctx.broker.publishConnection)) return {}
     ctx.broker.ephemeral.send(deliveryEnvelope(ctx.broker.names.outgoing, delivery), delivery)
       .catch((err: unknown) => ctx.log.debug({ err }, 'typing notice not published'))
     return {}

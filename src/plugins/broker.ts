@@ -53,7 +53,8 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   publishConnection.on('connection.unblocked', () => { blocked = false })
   // A new connection starts unblocked; the broker re-sends connection.blocked if the alarm persists.
   publishConnection.on('connection', () => { blocked = false })
-  const rpc = new WorkerRpc(publishConnection, names, config.RPC_TIMEOUT_MS)
+  const rpc = new WorkerRpc(publishConnection, names, config.RPC_TIMEOUT_MS,
+    () => blocked ? 'the broker is refusing new requests; retry shortly' : undefined)
   // On the consuming connection: a publishing one stops reading under a broker alarm.
   const backlog = new BacklogWatch({
     connection: consumeConnection,

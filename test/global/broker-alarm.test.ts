@@ -5,6 +5,7 @@
  * alone, and the watermark is always restored.
  */
 import t from 'tap'
+import type { Message } from '../../src/contracts/protocol.js'
 import { connectUser } from '../helpers/client.js'
 import { createDatabase, createVhost, rabbitmqctl } from '../helpers/services.js'
 import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
@@ -32,6 +33,13 @@ t.test('sends under connection.blocked are refused, then accepted again', async 
     const flood = await Promise.all(Array.from({ length: 300 }, (_, i) => alice.send({ toUserId: 'bob' }, `flood ${i}`)))
     t.ok(flood.every((r) => !r.ok && r.error?.code === 'UNAVAILABLE'), 'every send refused with UNAVAILABLE')
     t.ok(Date.now() - started < 2000, `refused at once, not after the send timeout (${Date.now() - started} ms)`)
+    // Reads and typing go over the same blocked connection: refused or dropped at once,
+    // not queued in the gateway's memory past their timeout.
+    const { channelId } = await alice.waitFor<Message>('message:new', (m) => m.content === 'warm up')
+    const readStarted = Date.now()
+    t.match(await alice.request('history:fetch', { withUserId: 'bob' }), { ok: false, error: { code: 'UNAVAILABLE' } }, 'a read is refused with UNAVAILABLE')
+    t.ok(Date.now() - readStarted < 1000, `at once, not after the request timeout (${Date.now() - readStarted} ms)`)
+    t.same(await alice.request('typing', { channelId }), { ok: true }, 'a typing notice is dropped, not held')
   } finally {
     await restore()
   }
