@@ -104,7 +104,8 @@ export class SendPipeline {
     }
   }
 
-  async #persist (batch: Valid[]): Promise<void> {
+  /** @param retried an earlier attempt may have committed: publish duplicates' deliveries too */
+  async #persist (batch: Valid[], retried = false): Promise<void> {
     let outcomes: PersistOutcome[] | undefined
     let attempt = 0
     while (outcomes === undefined) {
@@ -130,7 +131,7 @@ export class SendPipeline {
         }
         // The database refuses something in this batch for good: find it.
         if (batch.length > 1) {
-          for (const one of batch) await this.#persist([one])
+          for (const one of batch) await this.#persist([one], retried || attempt > 1)
           return
         }
         const reason = `database refused the message: ${describeDbError(err).message}`
@@ -140,7 +141,7 @@ export class SendPipeline {
     }
 
     // After a retry, a "duplicate" may be our own earlier attempt that committed late.
-    const publishing = this.#publish(batch, outcomes, attempt > 0).finally(() => this.#publishing.delete(publishing))
+    const publishing = this.#publish(batch, outcomes, retried || attempt > 0).finally(() => this.#publishing.delete(publishing))
     this.#publishing.add(publishing)
   }
 

@@ -109,7 +109,10 @@ export function createMessagesRepository (db: Database) {
           ? { status: 'rejected', error: new ClientError('FORBIDDEN', 'not a member of this channel').toJSON() }
           : { status: r.status, message: rawToMessage(r, r.kind!) }
       }
-      if (positions.some((i) => outcomes[i] === undefined)) throw new Error('chat_persist_batch returned no outcome for a message')
+      // A message stored by another transaction between the function's duplicate check and
+      // its insert gets no row. The rest of the batch is committed; a retry finds them all
+      // as duplicates and, being a retry, publishes their deliveries.
+      if (positions.some((i) => outcomes[i] === undefined)) throw new ConcurrentInsertError('a message of this batch was stored concurrently')
       for (const [i, first] of sameAs) {
         const o = outcomes[first]!
         outcomes[i] = o.status === 'stored' ? { status: 'duplicate', message: o.message } : o
