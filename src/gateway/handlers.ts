@@ -17,9 +17,12 @@ import type { AppSocket } from './types.js'
 
 const DEFAULT_HISTORY_LIMIT = 50
 
-/** The user's channel on this gateway, or FORBIDDEN. */
+/**
+ * The user's channel on this gateway, or FORBIDDEN. Channel ids are uuids and compared as
+ * such: one sent in capitals names the same channel. Use the returned `id` from here on.
+ */
 function memberOf (ctx: GatewayContext, socket: AppSocket, channelId: string) {
-  const channel = ctx.sessions.channelOf(socket.data.userId, channelId)
+  const channel = ctx.sessions.channelOf(socket.data.userId, channelId.toLowerCase())
   if (channel === undefined) throw new ClientError('FORBIDDEN', 'not a member of this channel')
   return channel
 }
@@ -39,7 +42,7 @@ export const routes = {
     if (p.content.length > config.MAX_CONTENT_CHARS) {
       throw new ClientError('VALIDATION', `content is longer than ${config.MAX_CONTENT_CHARS} characters`)
     }
-    if (p.channelId !== undefined) memberOf(ctx, socket, p.channelId)
+    const channelId = p.channelId !== undefined ? memberOf(ctx, socket, p.channelId).id : undefined
     // Under a broker alarm, holding sends in memory would only grow the gateway; refuse now.
     if (broker.blocked()) throw refuse(ctx, 'blocked', 'the broker is refusing new messages; retry later with the same clientMsgId')
     // Disconnected, rabbitmq-client would hold the publish and send it after reconnecting,
@@ -51,7 +54,7 @@ export const routes = {
       senderId: socket.data.userId,
       clientMsgId: p.clientMsgId,
       content: p.content,
-      ...(p.toUserId !== undefined ? { toUserId: p.toUserId } : { channelId: p.channelId }),
+      ...(p.toUserId !== undefined ? { toUserId: p.toUserId } : { channelId }),
       sentAt: Date.now()
     }
     const started = performance.now()
@@ -98,11 +101,11 @@ export const routes = {
     if ((p.withUserId === undefined) === (p.channelId === undefined)) {
       throw new ClientError('VALIDATION', 'give exactly one of channelId and withUserId')
     }
-    if (p.channelId !== undefined) memberOf(ctx, socket, p.channelId)
+    const channelId = p.channelId !== undefined ? memberOf(ctx, socket, p.channelId).id : undefined
     const { messages } = await ctx.broker.rpc.call({
       op: 'history.fetch',
       userId: socket.data.userId,
-      ...(p.channelId !== undefined ? { channelId: p.channelId } : {}),
+      ...(channelId !== undefined ? { channelId } : {}),
       ...(p.withUserId !== undefined ? { withUserId: p.withUserId } : {}),
       ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}),
       ...(p.beforeSeq !== undefined ? { beforeSeq: p.beforeSeq } : {}),
@@ -128,10 +131,10 @@ export const routes = {
   }),
 
   'channel:leave': route(ChannelLeaveSchema, async (ctx, socket, p) => {
-    memberOf(ctx, socket, p.channelId)
+    const { id: channelId } = memberOf(ctx, socket, p.channelId)
     const userId = socket.data.userId
-    await ctx.broker.rpc.call({ op: 'channel.leave', userId, channelId: p.channelId })
-    await ctx.sessions.left(userId, p.channelId)
+    await ctx.broker.rpc.call({ op: 'channel.leave', userId, channelId })
+    await ctx.sessions.left(userId, channelId)
     return {}
   })
 } satisfies Record<EventName, ReturnType<typeof route>>

@@ -142,6 +142,23 @@ t.test('leaving a channel stops its messages and drops the binding', async (t) =
   t.notOk((await keysOnBroker()).includes(`channel:${created.channelId}`))
 })
 
+t.test('a channel id in capitals names the same channel', async (t) => {
+  const lu = await connectUser(t, gw.url, 'lu')
+  const mo = await connectUser(t, gw.url, 'mo')
+  const { channelId } = await lu.request<{ channelId: string }>('channel:create', { name: 'caps', memberIds: ['mo'] })
+  await mo.waitFor('channel:joined')
+  const upper = channelId.toUpperCase()
+  t.equal((await lu.send({ channelId: upper }, 'in capitals')).ok, true, 'send')
+  const got = await mo.waitFor<Message>('message:new', (m) => m.content === 'in capitals')
+  t.equal(got.channelId, channelId, 'stored and delivered under the canonical id')
+  t.same(await lu.request('typing', { channelId: upper }), { ok: true }, 'typing')
+  t.same(await mo.waitFor('typing'), { channelId, userId: 'lu' })
+  t.match(await mo.request('history:fetch', { channelId: upper }), { ok: true, messages: [{ content: 'in capitals' }] }, 'history')
+  t.same(await mo.request('channel:leave', { channelId: upper }), { ok: true }, 'leave')
+  t.same(await mo.waitFor('channel:left'), { channelId }, 'announced under the canonical id')
+  t.notOk(gw.app.sessions.channelOf('mo', channelId), 'and forgotten by the gateway')
+})
+
 t.test('bad tokens are refused with UNAUTHORIZED', async (t) => {
   const forged = createSigner({ key: 'another-secret-of-enough-length' })({ sub: 'x' })
   for (const auth of [{}, { token: 'garbage' }, { token: forged }, { token: 42 }]) {
