@@ -231,9 +231,13 @@ export class Sessions {
       }
     })
     const groups = channels.filter((c) => c.kind === 'group')
-    await Promise.all(groups.map((c) => bindings.whenBound(channelKey(c.id))))
+    // The user key too: a broker outage since `mark` unbound it, and direct messages
+    // routed meanwhile are only in the database.
+    await Promise.all([bindings.whenBound(userKey(user.id)), ...groups.map((c) => bindings.whenBound(channelKey(c.id)))])
     if (!socket.connected) return false
-    const late = groups.filter((c) => (bindings.boundSince(channelKey(c.id)) ?? Number.MAX_SAFE_INTEGER) > mark)
+    const boundAfterMark = (key: string) => (bindings.boundSince(key) ?? Number.MAX_SAFE_INTEGER) > mark
+    const directLate = boundAfterMark(userKey(user.id))
+    const late = channels.filter((c) => c.kind === 'group' ? boundAfterMark(channelKey(c.id)) : directLate)
     if (late.length > 0) {
       const fresh = await this.#retry(socket, () => rpc.call({ op: 'channels.seq', userId: user.id, channelIds: late.map((c) => c.id) }))
       if (fresh === undefined) return false
