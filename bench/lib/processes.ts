@@ -138,7 +138,7 @@ export function gatewayEnv (sys: SystemEnv, extra: Record<string, string> = {}):
 
 export async function startGateway (name: string, sys: SystemEnv, opts: ProcessOptions, extra: Record<string, string> = {}, waitFor = true): Promise<Proc & { port: number }> {
   const port = await freePort()
-  const proc = start(name, [`${systemRoot}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-a', '127.0.0.1', '-o', 'dist/src/app.js'],
+  const proc = start(name, [`${systemRoot}/node_modules/fastify-cli/cli.js`, 'start', '-l', extra.LOG_LEVEL ?? 'warn', '-a', '127.0.0.1', '-o', 'dist/src/app.js'],
     gatewayEnv(sys, { PORT: String(port), SERVER_ID: name, ...extra }), `http://127.0.0.1:${port}`, opts)
   if (waitFor) await waitReady(proc, '/ready', 30_000)
   return { ...proc, port }

@@ -152,7 +152,7 @@ export class Sessions {
    * the broker. Sockets are told with channel:joined / channel:left.
    * @throws ClientError UNAVAILABLE when the worker cannot answer; safe to call again
    */
-  async resync (): Promise<void> {
+  async resync (): Promise<{ users: number }> {
     const users = [...this.#users.values()]
     for (let i = 0; i < users.length; i += RESYNC_CHUNK) {
       const chunk = users.slice(i, i + RESYNC_CHUNK)
@@ -166,6 +166,7 @@ export class Sessions {
         this.#apply(u, channels, since[k]!)
       })))
     }
+    return { users: users.length }
   }
 
   /**

@@ -63,7 +63,9 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
     for (let attempt = 0; ; attempt++) {
       if (generation !== latestGeneration || draining) return
       try {
-        await sessions.resync()
+        const started = performance.now()
+        const { users } = await sessions.resync()
+        log.info({ users, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships after a broker outage')
         break
       } catch (err) {
         if (attempt >= 8) {
