@@ -163,7 +163,7 @@ export class Sessions {
         const channels = listed.get(u.id)
         // A user who left and came back meanwhile has a new record and its own session.open.
         if (current !== u || channels === undefined) return
-        this.#apply(u, channels, since[k]!)
+        await this.#apply(u, channels, since[k]!)
       })))
     }
     return { users: users.length }
@@ -174,11 +174,12 @@ export class Sessions {
    * was `since`: a channel joined or left after that keeps its state. Once the user is
    * loaded, sockets are told; before, their session:ready carries the list.
    */
-  #apply (u: LocalUser, listed: ChannelSummary[], since: number, opening?: AppSocket): void {
+  async #apply (u: LocalUser, listed: ChannelSummary[], since: number, opening?: AppSocket): Promise<void> {
     const { bindings, io } = this.#o
     const changedSince = (id: string) => (u.touched?.get(id) ?? 0) > since
     const tell = u.loaded ? (opening === undefined ? io.to(userRoom(u.id)) : io.to(userRoom(u.id)).except(opening.id)) : undefined
     const ids = new Set<string>()
+    const gained: ChannelSummary[] = []
     for (const channel of listed) {
       ids.add(channel.id)
       const known = u.channels.get(channel.id)
@@ -189,10 +190,11 @@ export class Sessions {
       if (changedSince(channel.id)) continue
       u.channels.set(channel.id, channel)
       if (channel.kind === 'group') {
+        // Rooms first: anything routed here from the moment the bind lands reaches the sockets.
         for (const socket of u.sockets) void socket.join(channelRoom(channel.id))
         void bindings.acquire(channelKey(channel.id))
       }
-      tell?.emit('channel:joined', { channel })
+      gained.push(channel)
     }
     for (const channel of [...u.channels.values()]) {
       if (ids.has(channel.id) || changedSince(channel.id)) continue
@@ -203,6 +205,10 @@ export class Sessions {
       }
       tell?.emit('channel:left', { channelId: channel.id })
     }
+    if (tell === undefined || gained.length === 0) return
+    // As joined() does: a socket told of a channel can rely on its live messages.
+    await Promise.all(gained.map((c) => c.kind === 'group' ? bindings.whenBound(channelKey(c.id)) : undefined))
+    for (const channel of gained) tell.emit('channel:joined', { channel })
   }
 
   #serial (userId: string, change: (user: LocalUser) => Promise<void>): Promise<void> {
@@ -224,7 +230,7 @@ export class Sessions {
     if (opened === undefined) return false
     let channels: ChannelSummary[] = []
     await this.#serial(user.id, async (u) => {
-      this.#apply(u, opened.channels, since, socket)
+      await this.#apply(u, opened.channels, since, socket)
       u.loaded = true
       channels = [...u.channels.values()]
       if (socket.connected) {
