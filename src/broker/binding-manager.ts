@@ -168,6 +168,8 @@ export class BindingManager extends EventEmitter {
     this.#wake(key)
     if (!this.#bound.has(key)) {
       this.#missing--
+      // It may have been the last key a re-bind was waiting for.
+      this.#checkRebound()
       return
     }
     if (this.#opts.unbindGraceMs === 0) {
