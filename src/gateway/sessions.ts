@@ -5,8 +5,9 @@
  *
  * Changes to a user's channels (session open, joined, left, resync) run one at a time
  * per user, so a `left` can never overtake the `joined` before it. A channel list read
- * from the worker may be older than a joined/left applied while it was in flight;
- * `changes` and `touched` let it fill in what was missed without undoing those.
+ * from the worker may be older than a joined/left applied while it was in flight, or
+ * than another list: each user's `clock` orders notices and list requests, so a list
+ * fills in what was missed without undoing anything newer.
  */
 import type { BindingManager } from '../broker/binding-manager.js'
 import { channelKey, userKey } from '../broker/topology.js'
@@ -24,10 +25,12 @@ interface LocalUser {
   tail: Promise<void>
   /** Set once the first session.open answered. */
   loaded: boolean
-  /** joined/left notices applied so far. */
-  changes: number
-  /** The value of `changes` when each channel was last joined or left (created on first use). */
+  /** Ticks at every joined/left applied and every channel list requested. */
+  clock: number
+  /** `clock` when each channel was last joined or left by a notice (created on first use). */
   touched?: Map<string, number>
+  /** `clock` at the request of the newest channel list applied; an older one changes no membership. */
+  listedAt: number
 }
 
 /** Users per memberships.list request when re-reading after a broker outage. */
@@ -42,8 +45,8 @@ export interface SessionsOptions {
 }
 
 function touch (user: LocalUser, channelId: string): void {
-  user.changes++
-  ;(user.touched ??= new Map()).set(channelId, user.changes)
+  user.clock++
+  ;(user.touched ??= new Map()).set(channelId, user.clock)
 }
 
 export class Sessions {
@@ -67,7 +70,7 @@ export class Sessions {
     const userId = socket.data.userId
     let user = this.#users.get(userId)
     if (user === undefined) {
-      user = { id: userId, sockets: new Set(), channels: new Map(), tail: Promise.resolve(), loaded: false, changes: 0 }
+      user = { id: userId, sockets: new Set(), channels: new Map(), tail: Promise.resolve(), loaded: false, clock: 0, listedAt: 0 }
       this.#users.set(userId, user)
       void this.#o.bindings.acquire(userKey(userId))
     }
@@ -156,7 +159,7 @@ export class Sessions {
     const users = [...this.#users.values()]
     for (let i = 0; i < users.length; i += RESYNC_CHUNK) {
       const chunk = users.slice(i, i + RESYNC_CHUNK)
-      const since = chunk.map((u) => u.changes)
+      const since = chunk.map((u) => ++u.clock)
       const { memberships } = await this.#o.rpc.call({ op: 'memberships.list', userIds: chunk.map((u) => u.id) })
       const listed = new Map(memberships.map((m) => [m.userId, m.channels]))
       await Promise.all(chunk.map((u, k) => this.#serial(u.id, async (current) => {
@@ -170,12 +173,21 @@ export class Sessions {
   }
 
   /**
-   * Makes the user's channels those of `listed`, a list read after the user's `changes`
-   * was `since`: a channel joined or left after that keeps its state. Once the user is
-   * loaded, sockets are told; before, their session:ready carries the list.
+   * Makes the user's channels those of `listed`, a list requested when the user's clock
+   * was `since`: a channel joined or left after that keeps its state, and a list older
+   * than one already applied only refreshes lastSeq. Once the user is loaded, sockets
+   * are told; before, their session:ready carries the list.
    */
   async #apply (u: LocalUser, listed: ChannelSummary[], since: number, opening?: AppSocket): Promise<void> {
     const { bindings, io } = this.#o
+    if (since < u.listedAt) {
+      for (const channel of listed) {
+        const known = u.channels.get(channel.id)
+        if (known !== undefined && channel.lastSeq > known.lastSeq) known.lastSeq = channel.lastSeq
+      }
+      return
+    }
+    u.listedAt = since
     const changedSince = (id: string) => (u.touched?.get(id) ?? 0) > since
     const tell = u.loaded ? (opening === undefined ? io.to(userRoom(u.id)) : io.to(userRoom(u.id)).except(opening.id)) : undefined
     const ids = new Set<string>()
@@ -225,18 +237,20 @@ export class Sessions {
     // Anything routed to channel keys bound after this instant may have been missed
     // between the read below and the bind: those channels' lastSeq is read again.
     const mark = bindings.now()
-    const since = user.changes
+    const since = ++user.clock
     const opened = await this.#retry(socket, () => rpc.call({ op: 'session.open', userId: user.id }))
     if (opened === undefined) return false
-    let channels: ChannelSummary[] = []
+    let channels: ChannelSummary[] | undefined
     await this.#serial(user.id, async (u) => {
+      // Every socket of the user left meanwhile and a new record began: `since` means
+      // nothing to it, and the new record's own sockets open their own sessions.
+      if (u !== user || !socket.connected) return
       await this.#apply(u, opened.channels, since, socket)
       u.loaded = true
       channels = [...u.channels.values()]
-      if (socket.connected) {
-        for (const channel of channels) if (channel.kind === 'group') void socket.join(channelRoom(channel.id))
-      }
+      for (const channel of channels) if (channel.kind === 'group') void socket.join(channelRoom(channel.id))
     })
+    if (channels === undefined) return false
     const groups = channels.filter((c) => c.kind === 'group')
     // The user key too: a broker outage since `mark` unbound it, and direct messages
     // routed meanwhile are only in the database.

@@ -68,12 +68,10 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
         log.info({ users, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships after a broker outage')
         break
       } catch (err) {
-        if (attempt >= 8) {
-          log.error({ err }, 'could not re-read channel memberships after a broker outage; they refresh as users reconnect')
-          break
-        }
+        // Until it succeeds (a worker restarting, a broker alarm): giving up would leave
+        // memberships stale for as long as the users stay connected.
         log.warn({ err, attempt }, 'could not re-read channel memberships after a broker outage; retrying')
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** attempt)))
+        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** Math.min(attempt, 5))).unref())
       }
     }
     if (generation === latestGeneration) io.local.emit('session:resync', { reason: 'BROKER_RECONNECTED' })

@@ -35,8 +35,14 @@ function harness () {
     boundSince: () => 0
   }
   const answers: Array<Deferred<{ channels: ChannelSummary[] }>> = []
+  const rereads: Array<Deferred<{ memberships: Array<{ userId: string, channels: ChannelSummary[] }> }>> = []
   const rpc = {
     call: async (req: { op: string }) => {
+      if (req.op === 'memberships.list') {
+        const answer = deferred<{ memberships: Array<{ userId: string, channels: ChannelSummary[] }> }>()
+        rereads.push(answer)
+        return answer.promise
+      }
       if (req.op !== 'session.open') return { seqs: {} }
       const answer = deferred<{ channels: ChannelSummary[] }>()
       answers.push(answer)
@@ -69,7 +75,7 @@ function harness () {
     }
     return s
   }
-  return { sessions, refs, answers, emitted, socket }
+  return { sessions, refs, answers, rereads, emitted, socket }
 }
 
 const group = (id: string, lastSeq = 0): ChannelSummary => ({ id, kind: 'group', name: `g-${id.slice(0, 4)}`, lastSeq })
@@ -128,4 +134,61 @@ t.test('a later session.open fills in what a loaded user missed, and tells the o
   t.notOk(h.refs.has(`channel:${C1}`))
   t.ok(h.emitted.some((e) => e.event === 'channel:joined'), 'channel:joined told')
   t.ok(h.emitted.some((e) => e.event === 'channel:left'), 'channel:left told')
+})
+
+t.test('a session.open answered after every socket of the user left does not touch the user\'s next record', async (t) => {
+  const h = harness()
+  const s0 = h.socket('alice')
+  h.sessions.attach(s0 as unknown as AppSocket)
+  await turn()
+  h.answers[0]!.resolve({ channels: [group(C1)] })
+  await h.sessions.whenReady(s0 as unknown as AppSocket)
+  // Notices on the old record, so its clock is ahead of the next record's.
+  await h.sessions.joined('alice', group(C2))
+  await h.sessions.left('alice', C2)
+  await h.sessions.joined('alice', group(C2))
+  const s1 = h.socket('alice')
+  h.sessions.attach(s1 as unknown as AppSocket)
+  await turn()
+  for (const s of [s0, s1]) {
+    s.connected = false
+    h.sessions.detach(s as unknown as AppSocket)
+  }
+  const s2 = h.socket('alice')
+  h.sessions.attach(s2 as unknown as AppSocket)
+  await turn()
+  await h.sessions.joined('alice', group(C1))
+  await h.sessions.left('alice', C1)
+  h.answers[1]!.resolve({ channels: [group(C1)] }) // s1's, read before the leave
+  t.equal(await h.sessions.whenReady(s1 as unknown as AppSocket), false, 'the gone socket gets no session')
+  t.notOk(h.sessions.channelOf('alice', C1), 'the channel left is not brought back')
+  t.notOk(s2.rooms.has(`c:${C1}`))
+  t.notOk(h.refs.has(`channel:${C1}`))
+  h.answers[2]!.resolve({ channels: [] })
+  t.equal(await h.sessions.whenReady(s2 as unknown as AppSocket), true)
+})
+
+t.test('a session.open read before a re-read does not undo it', async (t) => {
+  const h = harness()
+  const first = h.socket('alice')
+  h.sessions.attach(first as unknown as AppSocket)
+  await turn()
+  h.answers[0]!.resolve({ channels: [group(C1)] })
+  await h.sessions.whenReady(first as unknown as AppSocket)
+  const second = h.socket('alice')
+  h.sessions.attach(second as unknown as AppSocket)
+  await turn()
+  // A broker outage: C1 left and C2 joined meanwhile, the notices lost. The re-read is answered first.
+  const reread = h.sessions.resync()
+  await turn()
+  h.rereads[0]!.resolve({ memberships: [{ userId: 'alice', channels: [group(C2)] }] })
+  await reread
+  t.ok(h.sessions.channelOf('alice', C2))
+  t.notOk(h.sessions.channelOf('alice', C1))
+  h.answers[1]!.resolve({ channels: [group(C1, 7)] }) // requested before the re-read
+  t.equal(await h.sessions.whenReady(second as unknown as AppSocket), true)
+  t.notOk(h.sessions.channelOf('alice', C1), 'the older list does not bring C1 back')
+  t.ok(h.sessions.channelOf('alice', C2), 'nor drop C2')
+  t.notOk(h.refs.has(`channel:${C1}`))
+  t.equal(h.refs.get(`channel:${C2}`), 1)
 })
