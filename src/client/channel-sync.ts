@@ -27,6 +27,8 @@ export class ChannelSync {
   readonly #tracker: ChannelTracker
   /** Start positions of channels not tracked now (given, or kept after leaving). */
   readonly #resume: Map<string, number>
+  /** Groups first seen in a message: tracked, but announced only once their summary (name) arrives. */
+  readonly #unnamed = new Set<string>()
   #sessions = 0
   #me: string | undefined
 
@@ -60,7 +62,10 @@ export class ChannelSync {
   /** A channel from the server (session:ready, channel:joined, channels:list): track it, catch up if behind. */
   learn (channel: ChannelSummary, firstSession = false): void {
     const start = this.#resume.get(channel.id) ?? (firstSession ? Math.max(0, channel.lastSeq - this.#o.backlog) : 0)
-    if (!this.#tracker.upsert(channel, start)) return
+    if (!this.#tracker.upsert(channel, start)) {
+      if (this.#unnamed.delete(channel.id)) this.#o.joined({ ...(this.#tracker.get(channel.id)?.summary ?? channel) })
+      return
+    }
     this.#resume.delete(channel.id)
     if (!firstSession) this.#o.joined({ ...channel })
   }
@@ -71,6 +76,8 @@ export class ChannelSync {
     // Keep the position: should the channel come back, nothing is delivered twice.
     this.#resume.set(channelId, tracked.delivered)
     this.#tracker.remove(channelId)
+    // Never announced, so nothing to take back.
+    if (this.#unnamed.delete(channelId)) return
     this.#o.left(channelId)
   }
 
@@ -79,7 +86,15 @@ export class ChannelSync {
     if (this.#tracker.get(m.channelId) === undefined) {
       // A direct channel is created by its first message and announced by nothing else.
       const peerId = m.kind === 'direct' ? (m.senderId === this.#me ? m.toUserId ?? m.senderId : m.senderId) : undefined
-      this.learn({ id: m.channelId, kind: m.kind, name: peerId ?? '', lastSeq: m.seq - 1, ...(peerId !== undefined ? { peerId } : {}) })
+      if (peerId !== undefined) {
+        this.learn({ id: m.channelId, kind: 'direct', name: peerId, lastSeq: m.seq - 1, peerId })
+      } else {
+        // Its channel:joined is on the way (a bind and a delivery landed in one read): the
+        // group's name comes with it, and so does the announcement.
+        this.#tracker.upsert({ id: m.channelId, kind: m.kind, name: '', lastSeq: m.seq - 1 }, this.#resume.get(m.channelId) ?? 0)
+        this.#resume.delete(m.channelId)
+        this.#unnamed.add(m.channelId)
+      }
     }
     this.#tracker.accept(m)
   }

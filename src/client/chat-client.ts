@@ -53,6 +53,8 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   #attempt = 0
   #failures = 0
   #reconnectTimer: Timer | undefined
+  /** connect() was called and the first attempt is about to start. */
+  #starting = false
 
   constructor (options: ChatClientOptions) {
     super()
@@ -92,7 +94,14 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
 
   connect (): void {
     if (this.#state === 'closed') throw new ChatError('CLIENT_CLOSED', 'the client is closed')
-    if (this.#state === 'idle') void this.#open()
+    if (this.#state !== 'idle' || this.#starting) return
+    this.#starting = true
+    // After the caller's current code: listeners attached right after the constructor
+    // (autoConnect) see the first attempt's state and errors too.
+    queueMicrotask(() => {
+      this.#starting = false
+      if (this.#state === 'idle') void this.#open()
+    })
   }
 
   /** Disconnects for good; pending calls reject with CLIENT_CLOSED. Idempotent. */
@@ -163,7 +172,14 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
 
   async #open (): Promise<void> {
     this.#reconnectTimer = undefined
-    const url = this.#pickUrl(this.#attempt++)
+    let url: string
+    try {
+      url = this.#pickUrl(this.#attempt++)
+    } catch (cause) {
+      this.emit('error', new ChatError('CLIENT_URL', 'the url function failed', { cause }))
+      this.#retryLater(this.#url, 'url function failed')
+      return
+    }
     this.#url = url
     this.#setState('connecting', { url })
     let token: string
@@ -191,6 +207,16 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     }
     socket.on('connect_error', (err) => { if (mine()) this.#lost(socket, err.message) })
     socket.on('disconnect', (reason) => { if (mine()) this.#lost(socket, reason) })
+    // Connected is not enough: a gateway cut off from its worker or broker holds the
+    // socket without ever opening the session. Give up on it and try the next.
+    socket.on('connect', () => {
+      this.#later(this.#o.sessionTimeoutMs, () => {
+        if (mine() && this.#session === undefined && socket.connected) {
+          this.emit('error', new ChatError('CLIENT_TIMEOUT', `no session from ${url} within ${this.#o.sessionTimeoutMs} ms`))
+          this.#lost(socket, 'session timeout')
+        }
+      })
+    })
     socket.on('session:end', (end) => { if (mine()) this.#endHint = end })
     socket.on('session:ready', (ready) => { if (mine()) this.#opened(socket, ready) })
     socket.on('session:resync', () => { if (mine()) this.#resync(socket) })

@@ -14,6 +14,8 @@ export type ChatErrorCode =
   | 'CLIENT_DISCONNECTED'
   /** The `token` option threw or rejected. */
   | 'CLIENT_TOKEN'
+  /** The `url` option (a function) threw. */
+  | 'CLIENT_URL'
   /** The caller's AbortSignal fired. */
   | 'CLIENT_ABORTED'
 

@@ -31,6 +31,12 @@ export interface ChatClientOptions {
   reconnectMaxMs?: number
   /** Socket.IO connect timeout per attempt. @default 10000 */
   connectTimeoutMs?: number
+  /**
+   * How long a connected socket may wait for its session (`session:ready`) before the
+   * client gives up on that gateway and tries the next: one that cannot reach its worker
+   * or broker keeps the socket open but never opens the session. @default 30000
+   */
+  sessionTimeoutMs?: number
   /** Spread catch-ups after `session:resync` over this many ms, so a gateway's sockets do not ask at once. @default 1000 */
   resyncJitterMs?: number
   /** Connect in the constructor; otherwise call connect(). @default true */
@@ -61,6 +67,7 @@ export function normalizeOptions (o: ChatClientOptions): NormalizedOptions {
     reconnectMinMs,
     reconnectMaxMs: int('reconnectMaxMs', o.reconnectMaxMs, 5000, reconnectMinMs, 600_000),
     connectTimeoutMs: int('connectTimeoutMs', o.connectTimeoutMs, 10_000, 1, 600_000),
+    sessionTimeoutMs: int('sessionTimeoutMs', o.sessionTimeoutMs, 30_000, 1, 600_000),
     resyncJitterMs: int('resyncJitterMs', o.resyncJitterMs, 1000, 0, 600_000),
     autoConnect: o.autoConnect ?? true
   }

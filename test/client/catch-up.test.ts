@@ -218,3 +218,21 @@ t.test('a static token the gateway refuses closes the client with UNAUTHORIZED',
   await waitUntil(() => client.state === 'closed', 5000)
   t.throws(() => new ChatClient({ url: [], token: 'x' }), { name: 'TypeError', message: /url/ })
 })
+
+t.test('a gateway that connects but never opens the session is given up for the next URL', async (t) => {
+  // Its own vhost with no worker: session.open is never answered.
+  const { url: lonelyAmqp } = await createVhost(t)
+  const stuck = await startTestGateway(t, { amqpUrl: lonelyAmqp, databaseUrl }, { RPC_TIMEOUT_MS: '500' })
+  const user = await sdkUser(t, [stuck.url, gw.url], 'stuck-sam', { sessionTimeoutMs: 1500 })
+  t.equal(user.client.url, gw.url, 'the session opened on the second gateway')
+  t.ok(user.errors.some((e) => e instanceof ChatError && e.code === 'CLIENT_TIMEOUT' && e.message.includes(stuck.url)), 'the timeout was reported')
+})
+
+t.test('a url function that throws is reported and retried, not an unhandled rejection', async (t) => {
+  const user = await sdkUser(t, (attempt) => {
+    if (attempt === 0) throw new Error('no gateway known yet')
+    return gw.url
+  }, 'url-uma')
+  t.equal(user.client.url, gw.url)
+  t.ok(user.errors.some((e) => e instanceof ChatError && e.code === 'CLIENT_URL'), 'CLIENT_URL reported')
+})
