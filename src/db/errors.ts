@@ -3,22 +3,30 @@
  * no retry will fix).
  */
 
-// SQLSTATE classes and codes that say "the database, not the data".
-const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57'] // connection, resources, operator intervention
-const TRANSIENT_SQLSTATES = new Set(['40001', '40P01', '55P03', '58000', '58030'])
+// SQLSTATE classes that say "this data": a data exception (22), an integrity constraint
+// (23), a program limit such as an oversized value (54). Only these make a message
+// unstorable for good. Every other SQLSTATE is about the database, its state or its
+// deployment (a connection lost, a read-only standby after a failover, a rotated
+// password, a missing migration): the work is held and retried, never dead-lettered.
+const DATA_SQLSTATE_CLASSES = new Set(['22', '23', '54'])
 // Node and postgres.js error codes for a lost or refused connection.
 const TRANSIENT_NODE_CODES = new Set([
   'APP_DB_TIMEOUT', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
   'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT'
 ])
 
-/** True when retrying the same work later may succeed: the database was down, busy or deadlocked. */
+/**
+ * True when retrying the same work later may succeed: the database was down, busy,
+ * deadlocked, read-only, refusing logins or not migrated — anything but the data itself.
+ * Errors that are not the database's (a bug) are not transient: the worker isolates the
+ * message that causes one.
+ */
 export function isTransientDbError (err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 5; depth++) {
     const code = (e as { code?: unknown }).code
     if (typeof code === 'string') {
-      if (TRANSIENT_NODE_CODES.has(code) || TRANSIENT_SQLSTATES.has(code)) return true
-      if (/^[0-9A-Z]{5}$/.test(code) && TRANSIENT_SQLSTATE_CLASSES.includes(code.slice(0, 2))) return true
+      if (TRANSIENT_NODE_CODES.has(code)) return true
+      if (/^[0-9A-Z]{5}$/.test(code) && (e as { severity?: unknown }).severity !== undefined) return !DATA_SQLSTATE_CLASSES.has(code.slice(0, 2))
     }
     if (e instanceof AggregateError && e.errors.some(isTransientDbError)) return true
     e = (e as { cause?: unknown }).cause

@@ -54,3 +54,30 @@ t.test('database outage under the worker', async (t) => {
 })
 
 async function settleDelivery (): Promise<void> { await sleep(500) }
+
+t.test('a read-only database (a failover onto a standby) holds the messages instead of dead-lettering them', async (t) => {
+  const ann = await connectUser(t, gw.url, 'ro-ann')
+  const ben = await connectUser(t, gw.url, 'ro-ben')
+  const [{ db }] = await sql<Array<{ db: string }>>`select current_database() as db`
+  const kickWorker = () => sql`select pg_terminate_backend(pid) from pg_stat_activity
+    where datname = current_database() and pid <> pg_backend_pid() and application_name like 'chat-worker%'`
+  await sql.unsafe(`alter database "${db}" set default_transaction_read_only = on`)
+  t.teardown(() => sql.unsafe(`alter database "${db}" reset default_transaction_read_only`))
+  await kickWorker()
+  const sent: string[] = []
+  for (let i = 0; i < 5; i++) {
+    t.equal((await ann.send({ toUserId: 'ro-ben' }, `read-only ${i}`)).ok, true)
+    sent.push(`read-only ${i}`)
+  }
+  await waitUntil(() => !worker.status().ready, 15_000, 'worker unready while it cannot write')
+  await sleep(1500)
+  t.equal(ben.messages().length, 0, 'nothing delivered before it is stored')
+
+  await sql.unsafe(`alter database "${db}" reset default_transaction_read_only`)
+  await kickWorker()
+  await waitUntil(() => ben.messages().length === sent.length, 30_000, 'all delivered once writable again')
+  const rows = await sql<Array<{ content: string }>>`select content from messages where sender_id = 'ro-ann' order by seq`
+  t.same(rows.map((r) => r.content), sent, 'stored once each, in order')
+  const dead = (await listQueues(vhost)).find((q) => q.name === 'chat.dead-letter')
+  t.equal(dead?.messages, 0, 'nothing dead-lettered')
+})
