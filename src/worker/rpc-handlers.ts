@@ -25,22 +25,27 @@ export interface RpcHandlerDeps {
 }
 
 export function createRpcHandler (deps: RpcHandlerDeps) {
+  // Only the database's part is timed: a slow announce after a committed change must not
+  // turn it into "storage unavailable" (a retried create would make a second channel).
+  const db = <T>(work: Promise<T>): Promise<T> => withDbTimeout(work, deps.dbTimeoutMs)
+
   async function execute (req: RpcRequest): Promise<RpcResults[RpcRequest['op']]> {
     switch (req.op) {
       case 'session.open':
       case 'channels.list':
-        return { channels: await deps.channels.listForUser(req.userId) }
+        return { channels: await db(deps.channels.listForUser(req.userId)) }
       case 'memberships.list':
-        return { memberships: await deps.channels.listForUsers(req.userIds) }
+        return { memberships: await db(deps.channels.listForUsers(req.userIds)) }
       case 'channels.seq':
-        return { seqs: await deps.channels.seqsForUser(req.userId, req.channelIds) }
+        return { seqs: await db(deps.channels.seqsForUser(req.userId, req.channelIds)) }
       case 'history.fetch':
-        return { messages: await deps.messages.history(req.userId, req) }
+        return { messages: await db(deps.messages.history(req.userId, req)) }
       case 'channel.create': {
         if (req.memberIds.length > deps.maxChannelMembers) {
           throw new ClientError('VALIDATION', `a channel may name at most ${deps.maxChannelMembers} members`)
         }
-        const { channel, memberIds } = await deps.channels.createGroup(req.userId, req.name, req.memberIds)
+        const { channel, memberIds } = await db(deps.channels.createGroup(req.userId, req.name, req.memberIds))
+        deps.onDatabaseState(true)
         // Every member's gateways bind channel:{id} and tell their sockets. A failure here
         // leaves the channel usable: members see it at their next session:ready.
         await Promise.all(memberIds.map((userId) => deps.notify({ t: 'joined', userId, channel })))
@@ -48,7 +53,8 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
         return { channel }
       }
       case 'channel.leave':
-        await deps.channels.leave(req.channelId, req.userId)
+        await db(deps.channels.leave(req.channelId, req.userId))
+        deps.onDatabaseState(true)
         await deps.notify({ t: 'left', userId: req.userId, channelId: req.channelId })
           .catch((err: unknown) => deps.log.warn({ err, channelId: req.channelId }, 'could not announce a channel leave'))
         return {}
@@ -61,7 +67,7 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
     if (!checked.ok) return { op: 'invalid', response: { ok: false, error: { code: 'VALIDATION', message: checked.reason } } }
     const req = checked.value
     try {
-      const result = await withDbTimeout(execute(req), deps.dbTimeoutMs)
+      const result = await execute(req)
       deps.onDatabaseState(true)
       return { op: req.op, response: { ok: true, result } }
     } catch (err) {

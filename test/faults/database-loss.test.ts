@@ -58,7 +58,7 @@ async function settleDelivery (): Promise<void> { await sleep(500) }
 t.test('a read-only database (a failover onto a standby) holds the messages instead of dead-lettering them', async (t) => {
   const ann = await connectUser(t, gw.url, 'ro-ann')
   const ben = await connectUser(t, gw.url, 'ro-ben')
-  const [{ db }] = await sql<Array<{ db: string }>>`select current_database() as db`
+  const db = (await sql<Array<{ db: string }>>`select current_database() as db`)[0]!.db
   const kickWorker = () => sql`select pg_terminate_backend(pid) from pg_stat_activity
     where datname = current_database() and pid <> pg_backend_pid() and application_name like 'chat-worker%'`
   await sql.unsafe(`alter database "${db}" set default_transaction_read_only = on`)

@@ -1,0 +1,36 @@
+/**
+ * The worker's request handlers on a real database: what a gateway is answered when
+ * announcing a committed change is slow (a broker under pressure confirms late).
+ */
+import t from 'tap'
+import { openDatabase } from '../../src/db/client.js'
+import { createChannelsRepository } from '../../src/db/repositories/channels.js'
+import { createMessagesRepository } from '../../src/db/repositories/messages.js'
+import { silentLogger } from '../../src/log.js'
+import { createRpcHandler } from '../../src/worker/rpc-handlers.js'
+import { createDatabase } from '../helpers/services.js'
+import { sleep } from '../helpers/system.js'
+
+const handle = openDatabase({ url: await createDatabase(t), max: 2 })
+t.teardown(() => handle.close())
+
+t.test('a committed create or leave is answered ok however slowly it is announced, and the database stays up', async (t) => {
+  const states: boolean[] = []
+  const handler = createRpcHandler({
+    channels: createChannelsRepository(handle.db),
+    messages: createMessagesRepository(handle.db),
+    notify: () => sleep(600),
+    maxChannelMembers: 100,
+    dbTimeoutMs: 300,
+    log: silentLogger,
+    onDatabaseState: (up) => states.push(up)
+  })
+  const created = await handler({ op: 'channel.create', userId: 'ann', name: 'slow news', memberIds: ['bob'] })
+  t.match(created.response, { ok: true, result: { channel: { name: 'slow news' } } })
+  const channelId = (created.response as { result: { channel: { id: string } } }).result.channel.id
+  const left = await handler({ op: 'channel.leave', userId: 'bob', channelId })
+  t.same(left.response, { ok: true, result: {} })
+  t.notOk(states.includes(false), 'never reported the database down')
+  const listed = await handler({ op: 'channels.list', userId: 'ann' })
+  t.match(listed.response, { ok: true, result: { channels: [{ id: channelId }] } }, 'one channel: nothing to retry')
+})
