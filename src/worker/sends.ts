@@ -9,8 +9,11 @@
  *   nothing is acked or dead-lettered meanwhile; the worker reports unready;
  * - a row the database refuses for good: the batch is split to find it, and only that
  *   message is dead-lettered;
- * - deliveries cannot be published: the batch is requeued; on redelivery the rows
- *   are found as duplicates and their deliveries published again.
+ * - deliveries cannot be published (the broker confirms late, blocks or reconnects):
+ *   the rows are committed, so the batch stays unacked and the publish is retried with
+ *   backoff; only at shutdown is it requeued (a redelivery finds the rows as duplicates
+ *   and publishes their deliveries). Requeueing at once would burn the queue's delivery
+ *   limit and dead-letter stored messages.
  */
 import type { AsyncMessage, Envelope } from 'rabbitmq-client'
 import { ConsumerStatus } from 'rabbitmq-client'
@@ -158,14 +161,24 @@ export class SendPipeline {
     this.#o.metrics.persisted.inc(counts.stored)
     this.#o.metrics.duplicates.inc(counts.duplicate)
     this.#o.metrics.rejected.inc(counts.rejected)
-    try {
-      await this.#o.publisher.publishAll(messages, this.#o.publishTimeoutMs ?? 10_000)
-      this.#o.metrics.delivered.inc(messages.length)
-    } catch (err) {
-      // Rows are committed; a redelivery finds them as duplicates and publishes again.
-      this.#o.log.warn({ err }, 'could not publish deliveries; requeueing the batch')
-      for (const b of batch) b.settle(ConsumerStatus.REQUEUE)
-      return
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#o.publisher.publishAll(messages, this.#o.publishTimeoutMs ?? 10_000)
+        this.#o.metrics.delivered.inc(messages.length)
+        break
+      } catch (err) {
+        const delay = Math.min(5000, 100 * 2 ** Math.min(attempt, 6)) * (0.5 + Math.random() / 2)
+        if (!this.#o.isClosing()) {
+          this.#o.log.warn({ err, attempt, delayMs: Math.round(delay), batch: batch.length }, 'could not publish deliveries; retrying')
+          await new Promise((resolve) => setTimeout(resolve, delay))
+        }
+        if (this.#o.isClosing()) {
+          // Rows are committed; a redelivery finds them as duplicates and publishes again.
+          this.#o.log.warn({ err }, 'could not publish deliveries while stopping; requeueing the batch')
+          for (const b of batch) b.settle(ConsumerStatus.REQUEUE)
+          return
+        }
+      }
     }
     for (const b of batch) b.settle(ConsumerStatus.ACK)
   }

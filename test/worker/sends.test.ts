@@ -1,0 +1,82 @@
+/**
+ * The worker's send pipeline on a real database, with a publisher held in hand: when
+ * deliveries cannot be published after the rows are committed (the broker confirms
+ * late, is blocked or reconnecting), the batch stays unacked and the publish is retried;
+ * it is not requeued, which would burn the queue's delivery limit and end with stored
+ * messages in the dead-letter queue. At shutdown it is requeued.
+ */
+import { randomUUID } from 'node:crypto'
+import type { AsyncMessage } from 'rabbitmq-client'
+import { ConsumerStatus } from 'rabbitmq-client'
+import t from 'tap'
+import type { ConfirmedPublisher } from '../../src/broker/publisher.js'
+import { PublishError } from '../../src/broker/publisher.js'
+import type { SendCommand } from '../../src/contracts/envelopes.js'
+import { openDatabase } from '../../src/db/client.js'
+import { createMessagesRepository } from '../../src/db/repositories/messages.js'
+import { silentLogger } from '../../src/log.js'
+import { createWorkerMetrics } from '../../src/worker/metrics.js'
+import { SendPipeline, type PendingSend } from '../../src/worker/sends.js'
+import { createDatabase, sqlClient } from '../helpers/services.js'
+import { waitUntil } from '../helpers/system.js'
+
+const url = await createDatabase(t)
+const handle = openDatabase({ url, max: 2 })
+t.teardown(() => handle.close())
+const sql = sqlClient(t, url)
+
+function pipeline (failures: number, closing: { now: boolean }) {
+  let calls = 0
+  const publisher = {
+    publishAll: async () => {
+      calls++
+      if (calls <= failures) throw new PublishError('APP_PUBLISH_TIMEOUT', 'broker did not confirm', true)
+    }
+  }
+  const dead: string[] = []
+  const p = new SendPipeline({
+    messages: createMessagesRepository(handle.db),
+    publisher: publisher as unknown as ConfirmedPublisher,
+    outgoingExchange: 'chat.outgoing',
+    deadLetter: async (_msg, reason) => { dead.push(reason) },
+    maxContentChars: 4000,
+    log: silentLogger,
+    metrics: createWorkerMetrics({ server_id: 'w', region: 'test' }, false),
+    onDatabaseState: () => {},
+    isClosing: () => closing.now,
+    dbTimeoutMs: 5000
+  })
+  return { p, dead, calls: () => calls }
+}
+
+function sends (senderId: string, n: number) {
+  const settled: ConsumerStatus[] = []
+  const items: PendingSend[] = Array.from({ length: n }, (_, i) => {
+    const body: SendCommand = { v: 1, senderId, toUserId: 'bob', content: `m${i}`, clientMsgId: randomUUID() }
+    return { msg: { body, redelivered: false, messageId: body.clientMsgId } as unknown as AsyncMessage, settle: (s) => settled.push(s) }
+  })
+  return { items, settled }
+}
+
+t.test('publishing fails a few times: the batch is acked once it succeeds, never requeued', async (t) => {
+  const { p, dead, calls } = pipeline(3, { now: false })
+  const { items, settled } = sends('pub-ann', 4)
+  await p.run(items)
+  await p.idle()
+  t.equal(calls(), 4, 'retried until the publish went through')
+  t.same(settled, Array(4).fill(ConsumerStatus.ACK), 'acked, not requeued')
+  t.same(dead, [])
+  const [row] = await sql<Array<{ n: string }>>`select count(*) as n from messages where sender_id = 'pub-ann'`
+  t.equal(Number(row!.n), 4, 'stored once each')
+})
+
+t.test('publishing keeps failing and the worker stops: the batch is requeued', async (t) => {
+  const closing = { now: false }
+  const { p } = pipeline(Number.MAX_SAFE_INTEGER, closing)
+  const { items, settled } = sends('pub-cy', 2)
+  await p.run(items)
+  await waitUntil(() => settled.length === 0, 100)
+  closing.now = true
+  await p.idle()
+  t.same(settled, [ConsumerStatus.REQUEUE, ConsumerStatus.REQUEUE])
+})
