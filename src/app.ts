@@ -31,7 +31,11 @@ const app = fp<AppOptions>(async (fastify, opts) => {
   const cli = opts.config === undefined
   const config = opts.config ?? configOrExit('gateway')
   try {
-    if (cli) await checkPortFree(config.PORT, config.FASTIFY_ADDRESS === '' ? 'localhost' : config.FASTIFY_ADDRESS)
+    if (cli) {
+      await checkPortFree(config.PORT, config.FASTIFY_ADDRESS === '' ? 'localhost' : config.FASTIFY_ADDRESS)
+      // The metrics listener binds all interfaces (routes/health.ts).
+      await checkPortFree(config.METRICS_PORT, '0.0.0.0', 'METRICS_PORT')
+    }
     await fastify.register(brokerPlugin, { config })
     await Promise.all([
       waitForBroker(fastify.broker.consumeConnection, config.AMQP_URL, BROKER_STARTUP_TIMEOUT_MS),

@@ -151,8 +151,38 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
   if ((role === 'worker' || role === 'migrate' || role === 'cluster') && production) {
     needs('DATABASE_URL', 'in production (the embedded database is for development), e.g. postgres://user:pass@host:5432/db')
   }
+  for (const name of ['AMQP_URL', 'DATABASE_URL'] as const) {
+    const problem = urlProblem(config[name])
+    if (problem !== undefined) throw new ConfigError(`${name} is invalid: ${problem}`)
+  }
+  if (role === 'gateway' && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
+    throw new ConfigError(`METRICS_PORT is invalid (${config.METRICS_PORT}): it must differ from PORT, or be 0 to serve /metrics on PORT`)
+  }
   if (config.SERVER_ID === '') config.SERVER_ID = `${hostname().slice(0, 40)}-${randomBytes(4).toString('hex')}`
   return config
+}
+
+/**
+ * What the drivers would choke on with a stack trace at start: a URL that does not
+ * parse (a port over 65535, say) or a user or password with a bare `%`. Passwords
+ * are never echoed.
+ */
+function urlProblem (value: string): string | undefined {
+  if (value === '') return undefined
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    return 'not a valid URL (check the host and port)'
+  }
+  for (const [part, text] of [['user name', url.username], ['password', url.password], ['path', url.pathname]] as const) {
+    try {
+      decodeURIComponent(text)
+    } catch {
+      return `its ${part} has a % that is not followed by two hex digits; write a literal % as %25`
+    }
+  }
+  return undefined
 }
 
 /** True when the gateway runs on the insecure development JWT secret. */

@@ -90,14 +90,14 @@ export function describeDatabaseFailure (err: unknown, url: string): string {
 }
 
 /** Fails with a one-line answer if `port` cannot be bound on `host`. */
-export async function checkPortFree (port: number, host: string): Promise<void> {
+export async function checkPortFree (port: number, host: string, setting = 'PORT'): Promise<void> {
   if (port === 0) return
   await new Promise<void>((resolve, reject) => {
     const server = createServer()
     server.once('error', (err: NodeJS.ErrnoException) => {
       reject(new StartupError('APP_PORT_IN_USE', err.code === 'EADDRINUSE'
-        ? `port ${port} is already in use on ${host}: stop the other process or set PORT`
-        : `cannot listen on ${host}:${port} (${err.code ?? err.message}): set PORT or FASTIFY_ADDRESS`, { cause: err }))
+        ? `port ${port} is already in use on ${host}: stop the other process or set ${setting}`
+        : `cannot listen on ${host}:${port} (${err.code ?? err.message}): set ${setting}${setting === 'PORT' ? ' or FASTIFY_ADDRESS' : ''}`, { cause: err }))
     })
     server.listen(port, host, () => server.close(() => resolve()))
   })
