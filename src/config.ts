@@ -4,6 +4,7 @@
  * README's table is checked against this schema by test/config.test.ts.
  */
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
@@ -183,6 +184,15 @@ function urlProblem (value: string): string | undefined {
     }
   }
   return undefined
+}
+
+/**
+ * Reads `./.env` into the environment, values already set winning, as the fastify CLI
+ * does for gateways: the worker, migrations and `npm run cluster` then see the same
+ * settings (a BROKER_PREFIX only the gateways saw would split them onto other queues).
+ */
+export function loadDotEnv (file = '.env'): void {
+  if (existsSync(file)) process.loadEnvFile(file)
 }
 
 /** True when the gateway runs on the insecure development JWT secret. */

@@ -1,9 +1,10 @@
 /** Process-level helpers shared by the entrypoints (never imported by library code). */
-import { ConfigError, loadConfig, type Config, type Role } from './config.js'
+import { ConfigError, loadConfig, loadDotEnv, type Config, type Role } from './config.js'
 
 /** Loads the configuration or exits with one line naming the bad setting. */
 export function configOrExit (role: Role): Config {
   try {
+    loadDotEnv()
     return loadConfig(role)
   } catch (err) {
     if (err instanceof ConfigError) {

@@ -3,16 +3,19 @@
  * do, a non-zero exit, and no stack trace.
  */
 import { execFile } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
 import { freePort, ROOT } from '../helpers/system.js'
 
 const run = promisify(execFile)
 
-async function start (args: string[], env: Record<string, string>): Promise<{ code: number, stderr: string }> {
+async function start (args: string[], env: Record<string, string>, cwd = ROOT): Promise<{ code: number, stderr: string }> {
   try {
-    await run(process.execPath, args, { cwd: ROOT, env: { PATH: process.env.PATH, ...env }, timeout: 40_000 })
+    await run(process.execPath, args, { cwd, env: { PATH: process.env.PATH, ...env }, timeout: 40_000 })
     return { code: 0, stderr: '' }
   } catch (err) {
     const e = err as { code?: number, stderr?: string }
@@ -57,5 +60,10 @@ t.test('worker', async (t) => {
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_here' }), /database named in DATABASE_URL does not exist/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }), /cannot reach PostgreSQL at .*is it running\?/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres:50%off@127.0.0.1:5432/postgres' }), /^config error: DATABASE_URL is invalid: its password has a %/)
+  // The worker reads ./.env as the fastify CLI does for gateways (values already set win).
+  const dir = mkdtempSync(join(tmpdir(), 'chat-dotenv-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  writeFileSync(join(dir, '.env'), 'NODE_ENV=production\nAMQP_URL=amqp://guest:guest@127.0.0.1:5672\n')
+  oneLine(t, await start([join(ROOT, 'dist/src/worker/main.js')], { WORKER_PORT: '0' }, dir), /^config error: DATABASE_URL is required in production/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres', AMQP_URL: 'amqp://nobody:nothing@127.0.0.1:5672' }), /RabbitMQ refused the user name or password/)
 })
