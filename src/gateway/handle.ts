@@ -37,6 +37,12 @@ export function take (bucket: Bucket, rate: number, burst: number): boolean {
   return true
 }
 
+/**
+ * Events a socket may have waiting for its session to open. The session waits for the
+ * worker (retrying while it is away); events held meanwhile keep their payloads.
+ */
+export const MAX_WAITING_EVENTS = 16
+
 /** The shared `onAny` listener for every socket of a gateway. */
 export function createDispatcher (ctx: GatewayContext, routes: Record<EventName, Route>) {
   const { SOCKET_RATE_PER_SEC: rate, SOCKET_RATE_BURST: burst } = ctx.config
@@ -51,7 +57,7 @@ export function createDispatcher (ctx: GatewayContext, routes: Record<EventName,
     const r = typeof event === 'string' ? known.get(event) : undefined
     const name = r === undefined ? 'unknown' : event as string
     ctx.metrics.events.inc({ event: name })
-    const refuse = (code: 'RATE_LIMITED' | 'VALIDATION', message: string) => {
+    const refuse = (code: 'RATE_LIMITED' | 'VALIDATION' | 'UNAVAILABLE', message: string) => {
       ctx.metrics.errors.inc({ event: name, code })
       reply?.({ ok: false, error: { code, message } })
     }
@@ -59,8 +65,15 @@ export function createDispatcher (ctx: GatewayContext, routes: Record<EventName,
     if (r === undefined) return refuse('VALIDATION', 'unknown event')
     const checked = params.length === 1 ? r.validate(params[0]) : { ok: false as const, reason: `expected one payload, got ${params.length}` }
     if (!checked.ok) return refuse('VALIDATION', checked.reason)
+    const early = !ctx.sessions.isOpen(socket)
+    if (early) {
+      const waiting = socket.data.waiting ?? 0
+      if (waiting >= MAX_WAITING_EVENTS) return refuse('UNAVAILABLE', 'the session is not open yet; wait for session:ready')
+      socket.data.waiting = waiting + 1
+    }
     ctx.sessions.whenReady(socket)
       .then(async (ready) => {
+        if (early) socket.data.waiting = (socket.data.waiting ?? 1) - 1
         if (!ready) throw new ClientError('UNAVAILABLE', 'session is not open')
         return await r.run(ctx, socket, checked.value)
       })

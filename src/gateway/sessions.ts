@@ -52,6 +52,8 @@ function touch (user: LocalUser, channelId: string): void {
 export class Sessions {
   readonly #users = new Map<string, LocalUser>()
   readonly #ready = new WeakMap<AppSocket, Promise<boolean>>()
+  /** Sockets whose session:ready went out. */
+  readonly #opened = new WeakSet<AppSocket>()
   readonly #o: SessionsOptions
   #sockets = 0
 
@@ -84,6 +86,11 @@ export class Sessions {
       socket.disconnect(true)
       return false
     }))
+  }
+
+  /** True once the socket's session:ready went out. */
+  isOpen (socket: AppSocket): boolean {
+    return this.#opened.has(socket)
   }
 
   /** Resolves true once the socket's session is ready, false if it ended first. */
@@ -268,6 +275,7 @@ export class Sessions {
       }
     }
     const ready: SessionReady = { userId: user.id, serverId: this.#o.serverId, channels: channels.map((c) => ({ ...c })) }
+    this.#opened.add(socket)
     socket.emit('session:ready', ready)
     return true
   }

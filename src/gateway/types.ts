@@ -5,10 +5,12 @@ import type { Bucket } from './handle.js'
 
 export interface SocketData {
   userId: string
-  /** Token expiry, seconds since epoch, if the token has one; enforced by gateway/sweep.ts. */
-  exp?: number
+  /** Token expiry, seconds since epoch; enforced by gateway/sweep.ts. */
+  exp: number
   /** The socket's rate-limit token bucket (gateway/handle.ts). */
   bucket: Bucket
+  /** Events waiting for the session to open (gateway/handle.ts). */
+  waiting?: number
 }
 
 // eslint-disable-next-line @typescript-eslint/no-empty-interface

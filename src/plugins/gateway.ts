@@ -7,6 +7,7 @@ import type { Config } from '../config.js'
 import { createTokenVerifier } from '../gateway/auth.js'
 import { createDeliveryHandler } from '../gateway/deliveries.js'
 import { drainSockets } from '../gateway/drain.js'
+import { RecentBuckets } from '../gateway/buckets.js'
 import { sweepSockets } from '../gateway/sweep.js'
 import type { AppSocket } from '../gateway/types.js'
 import type { GatewayContext } from '../gateway/context.js'
@@ -78,7 +79,13 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   }
   app.deliveries.handle = createDeliveryHandler(io, sessions, metrics, log)
   const dispatch = createDispatcher(ctx, routes)
-  const onDisconnect = function (this: AppSocket) { sessions.detach(this) }
+  const buckets = new RecentBuckets(config.SOCKET_RATE_PER_SEC, config.SOCKET_RATE_BURST)
+  const pruneBuckets = setInterval(() => buckets.prune(), 5000).unref()
+  app.addHook('onClose', async () => { clearInterval(pruneBuckets) })
+  const onDisconnect = function (this: AppSocket) {
+    buckets.keep(this.data.userId, this.data.bucket)
+    sessions.detach(this)
+  }
   const stopSweep = sweepSockets(io, {
     maxPendingPackets: config.SOCKET_MAX_PENDING_PACKETS,
     maxBufferedBytes: config.SOCKET_MAX_BUFFER_BYTES,
@@ -105,8 +112,15 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
         next(new Error('RATE_LIMITED'))
         return
       }
+      const bucket = buckets.open(identity.userId)
+      if (bucket === undefined) {
+        metrics.connections.inc({ outcome: 'refused' })
+        next(new Error('RATE_LIMITED'))
+        return
+      }
       socket.data.userId = identity.userId
-      if (identity.exp !== undefined) socket.data.exp = identity.exp
+      socket.data.exp = identity.exp
+      socket.data.bucket = bucket
       next()
     } catch (err) {
       metrics.connections.inc({ outcome: 'unauthorized' })
@@ -121,6 +135,7 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
       ? 'UNAVAILABLE'
       : sessions.socketsOf(socket.data.userId) >= config.USER_MAX_SOCKETS ? 'RATE_LIMITED' : undefined
     if (over !== undefined) {
+      buckets.keep(socket.data.userId, socket.data.bucket)
       metrics.connections.inc({ outcome: 'refused' })
       socket.emit('session:end', { code: over, message: 'too many sockets' })
       socket.disconnect(true)
@@ -129,7 +144,6 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
     metrics.connections.inc({ outcome: 'accepted' })
     // The token is verified; keeping it (and the handshake headers) costs memory per socket.
     socket.handshake.auth = {}
-    socket.data.bucket = { tokens: config.SOCKET_RATE_BURST, last: performance.now() }
     sessions.attach(socket)
     // Shared listeners (Socket.IO calls them with the socket as `this`): no closures per socket.
     socket.onAny(dispatch)

@@ -100,6 +100,46 @@ t.test('per-socket rate: a token bucket answers RATE_LIMITED beyond the burst an
   t.equal(sink.messages().length, ok, 'and delivered')
 })
 
+t.test('reconnecting does not refill the bucket: a reconnect costs a token and starts where the last socket left off', async (t) => {
+  const gw = await startTestGateway(t, env, { SOCKET_RATE_PER_SEC: '1', SOCKET_RATE_BURST: '4' })
+  const started = Date.now()
+  let connected = 0
+  let served = 0
+  const refused: string[] = []
+  for (let cycle = 0; cycle < 8; cycle++) {
+    const { outcome, socket } = await tryConnect(gw.url, { token: tokenFor('cycler') })
+    if (outcome !== 'connected') {
+      refused.push(outcome)
+      socket.disconnect()
+      continue
+    }
+    connected++
+    const acks = await Promise.all(Array.from({ length: 4 }, () => emitAny(socket, 10_000, 'channels:list', {}) as Promise<Ack>))
+    served += acks.filter((a) => a.ok).length
+    socket.disconnect()
+    await waitUntil(() => gw.app.sessions.socketsOf('cycler') === 0, 5000, 'socket detached')
+  }
+  const elapsedS = (Date.now() - started) / 1000
+  t.ok((connected - 1) + served <= 4 + Math.ceil(elapsedS), `reconnections and events together stay within burst + rate × elapsed (${connected - 1} + ${served} in ${elapsedS.toFixed(2)} s)`)
+  t.ok(refused.length > 0 && refused.every((o) => o === 'RATE_LIMITED'), `later connections are refused with RATE_LIMITED (${refused.join(', ')})`)
+  t.equal((await tryConnect(gw.url, { token: tokenFor('someone-calm') })).outcome, 'connected', 'other users are not affected')
+})
+
+t.test('events sent before the session opens are held only up to a cap; the rest are refused at once', async (t) => {
+  // A vhost with no worker: sessions never open, so every event waits.
+  const { url: lonely } = await createVhost(t)
+  const gw = await startTestGateway(t, { amqpUrl: lonely, databaseUrl }, { RPC_TIMEOUT_MS: '500' })
+  const { outcome, socket } = await tryConnect(gw.url, { token: tokenFor('early-bird') })
+  t.teardown(() => { socket.disconnect() })
+  t.equal(outcome, 'connected')
+  const answers: Array<Ack | 'pending'> = Array(20).fill('pending')
+  Array.from({ length: 20 }, (_, i) => (emitAny(socket, 10_000, 'channels:list', {}) as Promise<Ack>).then((a) => { answers[i] = a }, () => {}))
+  await waitUntil(() => answers.filter((a) => a !== 'pending').length >= 4, 5000, 'the events over the cap answered')
+  await settle(300)
+  t.equal(answers.filter((a) => a === 'pending').length, 16, 'sixteen wait for the session')
+  t.ok(answers.slice(16).every((a) => a !== 'pending' && codeOf(a) === 'UNAVAILABLE'), 'the rest are refused UNAVAILABLE at once')
+})
+
 t.test('per-user socket cap: beyond USER_MAX_SOCKETS connections are refused with RATE_LIMITED', async (t) => {
   const gw = await startTestGateway(t, env, { USER_MAX_SOCKETS: '2' })
   const open: ClientSocket[] = []
