@@ -7,7 +7,7 @@ import type { Server } from 'node:http'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import { usesDevSecret, type Config } from './config.js'
-import { configOrExit, fatal } from './entry.js'
+import { configOrExit, fatal, stopWithParent } from './entry.js'
 import brokerPlugin from './plugins/broker.js'
 import bindingsPlugin from './plugins/bindings.js'
 import gatewayPlugin from './plugins/gateway.js'
@@ -46,6 +46,7 @@ const app = fp<AppOptions>(async (fastify, opts) => {
     throw err
   }
   if (cli && usesDevSecret(config)) fastify.log.warn('JWT_SECRET is not set: using the insecure development secret')
+  if (cli) stopWithParent()
   raiseListenBacklog(fastify.server, config.LISTEN_BACKLOG)
   await fastify.register(bindingsPlugin, { config })
   await fastify.register(socketIoPlugin, { config })

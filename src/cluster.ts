@@ -50,7 +50,8 @@ let stopping = false
 function start (name: string, url: string, args: string[], env: Record<string, string>): void {
   // Own process group: a terminal's Ctrl-C reaches only us, and we stop the children
   // one signal each (a second signal would skip their graceful drain).
-  const proc = spawn(process.execPath, args, { cwd: ROOT, env: childEnv({ LOG_LEVEL: 'warn', ...env }), stdio: ['ignore', 'inherit', 'inherit'], detached: true })
+  // The IPC channel tells a child when we are gone, however we died (entry.ts stopWithParent).
+  const proc = spawn(process.execPath, args, { cwd: ROOT, env: childEnv({ LOG_LEVEL: 'warn', ...env }), stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true })
   children.push({ name, url, proc })
   proc.on('exit', (code, signal) => {
     if (stopping) return
@@ -117,5 +118,5 @@ async function stop (code: number): Promise<void> {
 process.on('exit', () => {
   for (const c of children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL')
 })
-process.on('SIGINT', () => { void stop(0) })
-process.on('SIGTERM', () => { void stop(0) })
+// SIGHUP: the terminal closed.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => { void stop(0) })

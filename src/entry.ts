@@ -20,3 +20,15 @@ export function fatal (message: string, code = 1): never {
   process.stderr.write(`${message}\n`)
   process.exit(code)
 }
+
+/**
+ * A process started with an IPC channel (by `npm run cluster`) stops gracefully, as on
+ * SIGTERM, when its parent goes away without stopping it (SIGKILL, OOM): the children
+ * run in their own process groups and would otherwise hold their ports and queues.
+ */
+export function stopWithParent (): void {
+  if (process.channel === undefined || process.channel === null) return
+  process.once('disconnect', () => { process.kill(process.pid, 'SIGTERM') })
+  // The channel must not keep a process alive that is done.
+  process.channel.unref()
+}

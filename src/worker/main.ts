@@ -1,7 +1,7 @@
 /**
  * Worker entrypoint: `npm run worker` (node dist/src/worker/main.js).
  */
-import { configOrExit, fatal } from '../entry.js'
+import { configOrExit, fatal, stopWithParent } from '../entry.js'
 import { createLogger } from '../log.js'
 import { openEmbeddedDatabase } from '../db/client.js'
 import { json, startStatusServer } from '../http/status-server.js'
@@ -50,3 +50,4 @@ async function stop (signal: string): Promise<void> {
 }
 process.on('SIGTERM', () => { void stop('SIGTERM') })
 process.on('SIGINT', () => { void stop('SIGINT') })
+stopWithParent()
