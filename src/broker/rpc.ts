@@ -2,28 +2,53 @@
  * Gateway → worker requests over RabbitMQ with direct reply-to. The gateway holds
  * no database connection; every read (channel list, history) and channel command
  * is one of these calls.
+ *
+ * Our own client, not rabbitmq-client's RPCClient: that one publishes requests of
+ * concurrent callers on its new channel before it consumes from amq.rabbitmq.reply-to,
+ * and RabbitMQ closes the channel for it (PRECONDITION_FAILED), failing every pending
+ * call; under steady load after a reconnect that repeated until the load stopped (a
+ * review measured 0 answers in 5.5 s at 25 ms from the broker). Its timeout also
+ * started only after the publish was confirmed, so a blocked connection held a call
+ * forever. Here the channel is used only once it consumes, and the timeout bounds the
+ * whole call.
  */
-import type { Connection, RPCClient } from 'rabbitmq-client'
+import type { AsyncMessage, Channel, Connection } from 'rabbitmq-client'
 import type { RpcOp, RpcRequest, RpcResponse, RpcResults } from '../contracts/envelopes.js'
 import { ClientError } from '../errors.js'
 import { ROUTE_RPC, type BrokerNames } from './topology.js'
 
+const REPLY_TO = 'amq.rabbitmq.reply-to'
+
+interface Pending {
+  resolve: (reply: AsyncMessage) => void
+  reject: (err: ClientError) => void
+  timer: NodeJS.Timeout
+}
+
 export class WorkerRpc {
-  readonly #client: RPCClient
+  readonly #connection: Connection
   readonly #exchange: string
+  readonly #timeoutMs: number
+  readonly #refuse: () => string | undefined
+  readonly #pending = new Map<string, Pending>()
+  readonly #calls = new Set<Promise<unknown>>()
+  /** Set only once it consumes replies. */
+  #channel: Channel | undefined
+  #opening: Promise<Channel> | undefined
+  #nextId = 0
   #closing: Promise<void> | undefined
 
-  readonly #refuse: () => string | undefined
-
   /**
+   * @param timeoutMs bounds a whole call (waiting for a channel, publishing, the reply);
+   *   requests also expire in the queue after it, so a late worker never does stale work
    * @param refuse why requests cannot be sent now (e.g. the connection is blocked by a
-   *   broker alarm, where rabbitmq-client would hold them in memory past their timeout)
+   *   broker alarm, where they would wait in memory)
    */
   constructor (connection: Connection, names: BrokerNames, timeoutMs: number, refuse: () => string | undefined = () => undefined) {
-    this.#refuse = refuse
-    // Requests expire in the queue after timeoutMs, so a late worker never does stale work.
-    this.#client = connection.createRPCClient({ confirm: true, timeout: timeoutMs, maxAttempts: 1 })
+    this.#connection = connection
     this.#exchange = names.incoming
+    this.#timeoutMs = timeoutMs
+    this.#refuse = refuse
   }
 
   /**
@@ -34,13 +59,44 @@ export class WorkerRpc {
     if (this.#closing !== undefined) throw new ClientError('UNAVAILABLE', 'gateway is shutting down')
     const refused = this.#refuse()
     if (refused !== undefined) throw new ClientError('UNAVAILABLE', refused)
-    let reply
+    const call = this.#send(request)
+    this.#calls.add(call)
     try {
-      reply = await this.#client.send({ exchange: this.#exchange, routingKey: ROUTE_RPC, mandatory: false }, request)
-    } catch (cause) {
-      throw new ClientError('UNAVAILABLE', 'the chat service is unavailable; retry shortly', { cause })
+      return await call as RpcResults[O]
+    } finally {
+      this.#calls.delete(call)
     }
-    const body = reply.body as RpcResponse<O> | undefined
+  }
+
+  async #send (request: RpcRequest): Promise<unknown> {
+    const id = String(++this.#nextId)
+    const replied = new Promise<AsyncMessage>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id)
+        reject(new ClientError('UNAVAILABLE', 'the chat service did not answer in time; retry shortly'))
+      }, this.#timeoutMs)
+      this.#pending.set(id, { resolve, reject, timer })
+    })
+    // Whatever happens below settles `replied` through the map; never leave it unobserved.
+    replied.catch(() => {})
+    try {
+      const channel = await this.#ready()
+      // Timed out, or the channel was lost, while waiting for it.
+      if (this.#pending.has(id)) {
+        await channel.basicPublish({
+          exchange: this.#exchange,
+          routingKey: ROUTE_RPC,
+          replyTo: REPLY_TO,
+          correlationId: id,
+          expiration: String(this.#timeoutMs),
+          contentType: 'application/json'
+        }, request)
+      }
+    } catch (cause) {
+      this.#settle(id, (p) => p.reject(new ClientError('UNAVAILABLE', 'the chat service is unavailable; retry shortly', { cause })))
+    }
+    const reply = await replied
+    const body = reply.body as RpcResponse | undefined
     if (body === undefined || typeof body !== 'object' || body === null || typeof body.ok !== 'boolean') {
       throw new ClientError('INTERNAL', 'malformed reply from worker')
     }
@@ -48,9 +104,50 @@ export class WorkerRpc {
     return body.result
   }
 
-  /** Idempotent. */
+  #settle (id: string, settle: (p: Pending) => void): void {
+    const p = this.#pending.get(id)
+    if (p === undefined) return
+    this.#pending.delete(id)
+    clearTimeout(p.timer)
+    settle(p)
+  }
+
+  /** The reply channel, opened and consuming; one opening at a time, shared by every caller. */
+  async #ready (): Promise<Channel> {
+    if (this.#channel?.active === true) return this.#channel
+    this.#opening ??= this.#open().finally(() => { this.#opening = undefined })
+    return await this.#opening
+  }
+
+  async #open (): Promise<Channel> {
+    const channel = await this.#connection.acquire()
+    channel.once('close', () => {
+      if (this.#channel === channel) this.#channel = undefined
+      // Replies to this channel's requests can no longer arrive.
+      for (const id of [...this.#pending.keys()]) {
+        this.#settle(id, (p) => p.reject(new ClientError('UNAVAILABLE', 'the connection to the chat service was lost; retry shortly')))
+      }
+    })
+    try {
+      await channel.basicConsume({ queue: REPLY_TO, noAck: true }, (reply) => {
+        if (typeof reply.correlationId === 'string') this.#settle(reply.correlationId, (p) => p.resolve(reply))
+      })
+    } catch (err) {
+      await channel.close().catch(() => {})
+      throw err
+    }
+    this.#channel = channel
+    return channel
+  }
+
+  /** Waits for calls in flight (each bounded by the timeout), then closes the channel. Idempotent. */
   close (): Promise<void> {
-    this.#closing ??= this.#client.close()
+    this.#closing ??= (async () => {
+      await Promise.allSettled([...this.#calls])
+      await this.#opening?.catch(() => undefined)
+      await this.#channel?.close().catch(() => {})
+      this.#channel = undefined
+    })()
     return this.#closing
   }
 }

@@ -12,6 +12,7 @@ export class TcpProxy {
   #server: Server | undefined
   #refusing = false
   #frozen = false
+  #delayMs = 0
   port = 0
 
   constructor (target: { host: string, port: number }) {
@@ -35,7 +36,12 @@ export class TcpProxy {
     const upstream = connect(this.#target.port, this.#target.host)
     const pair: [Socket, Socket] = [client, upstream]
     this.#pairs.add(pair)
-    const forward = (from: Socket, to: Socket) => from.on('data', (chunk: Buffer) => { if (!this.#frozen) to.write(chunk) })
+    const forward = (from: Socket, to: Socket) => from.on('data', (chunk: Buffer) => {
+      if (this.#frozen) return
+      // Same delay for every chunk, and timers of equal delay run in order: no reordering.
+      if (this.#delayMs > 0) setTimeout(() => { if (!to.destroyed) to.write(chunk) }, this.#delayMs)
+      else to.write(chunk)
+    })
     forward(client, upstream)
     forward(upstream, client)
     // A frozen link is a black hole: one side closing tells the other nothing.
@@ -69,6 +75,11 @@ export class TcpProxy {
   /** While on, bytes are swallowed in both directions and nothing is closed. */
   freeze (on: boolean): void {
     this.#frozen = on
+  }
+
+  /** Holds every chunk this long in each direction (a far broker: 25 ms is 50 ms of round trip). */
+  delay (ms: number): void {
+    this.#delayMs = ms
   }
 
   get connections (): number {
