@@ -8,6 +8,9 @@ import { randomUUID } from 'node:crypto'
 import type { Connection, Envelope, Publisher, PublisherProps, ReturnedMessage } from 'rabbitmq-client'
 import { AppError } from '../errors.js'
 
+/** Header naming one mandatory publish, to match a basic.return to it. */
+const PUBLISH_ID = 'x-chat-publish-id'
+
 export class PublishError extends AppError {
   /** True when retrying the same message later may succeed (timeout, connection loss, nack). */
   readonly retryable: boolean
@@ -25,10 +28,12 @@ export class ConfirmedPublisher {
 
   constructor (connection: Connection, props: Omit<PublisherProps, 'confirm'> = {}) {
     this.#publisher = connection.createPublisher({ ...props, confirm: true, maxAttempts: 1 })
-    // basic.return precedes the basic.ack of the same message on the same channel,
-    // so the id is recorded before publish() sees the confirm.
+    // basic.return precedes the basic.ack of the same message on the same channel, but
+    // rabbitmq-client emits it a turn later (setImmediate) while it resolves the confirm
+    // at once: publishAll() waits for that turn before it looks.
     this.#publisher.on('basic.return', (msg: ReturnedMessage) => {
-      if (msg.messageId !== undefined) this.#returned.add(msg.messageId)
+      const id = msg.headers?.[PUBLISH_ID]
+      if (typeof id === 'string') this.#returned.add(id)
     })
   }
 
@@ -48,15 +53,19 @@ export class ConfirmedPublisher {
    */
   async publishAll (messages: Array<{ envelope: Envelope, body: unknown }>, timeoutMs: number): Promise<void> {
     if (this.#closing !== undefined) throw new PublishError('APP_PUBLISHER_CLOSED', 'publisher is closed', true)
-    // Only a mandatory message can come back, and only its id tells which one did.
+    // Only a mandatory message can come back, and only an id of its own tells which one
+    // did: messageId is the client's, and two sends may carry the same one.
     const sends = messages.map(({ envelope, body }) => {
-      const tracked = envelope.mandatory === true ? { ...envelope, messageId: envelope.messageId ?? randomUUID() } : envelope
-      return this.#publisher.send(tracked, body).then(() => {
-        if (tracked.mandatory === true && this.#returned.delete(tracked.messageId!)) {
+      const id = envelope.mandatory === true ? randomUUID() : undefined
+      const tracked = id === undefined ? envelope : { ...envelope, headers: { ...envelope.headers, [PUBLISH_ID]: id } }
+      return this.#publisher.send(tracked, body).then(async () => {
+        if (id === undefined) return
+        await new Promise((resolve) => setImmediate(resolve))
+        if (this.#returned.delete(id)) {
           throw new PublishError('APP_PUBLISH_UNROUTABLE', `no queue is bound to ${tracked.exchange ?? ''}/${tracked.routingKey ?? ''}`, false)
         }
       }, (err: unknown) => {
-        if (tracked.messageId !== undefined) this.#returned.delete(tracked.messageId)
+        if (id !== undefined) this.#returned.delete(id)
         throw new PublishError('APP_PUBLISH_FAILED', 'broker refused or lost the message', true, err)
       })
     })
