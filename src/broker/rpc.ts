@@ -77,12 +77,14 @@ export class WorkerRpc {
       }, this.#timeoutMs)
       this.#pending.set(id, { resolve, reject, timer })
     })
-    // Whatever happens below settles `replied` through the map; never leave it unobserved.
-    replied.catch(() => {})
-    try {
-      const channel = await this.#ready()
-      // Timed out, or the channel was lost, while waiting for it.
-      if (this.#pending.has(id)) {
+    // Getting a channel and writing the request may each wait far longer than the timeout
+    // (a reconnect, a silent link, a corked socket): they run on their own, and the caller
+    // waits only for `replied`, which the timer settles.
+    void (async () => {
+      try {
+        const channel = await this.#ready()
+        // Timed out, or the channel was lost, while waiting for it.
+        if (!this.#pending.has(id)) return
         await channel.basicPublish({
           exchange: this.#exchange,
           routingKey: ROUTE_RPC,
@@ -91,10 +93,10 @@ export class WorkerRpc {
           expiration: String(this.#timeoutMs),
           contentType: 'application/json'
         }, request)
+      } catch (cause) {
+        this.#settle(id, (p) => p.reject(new ClientError('UNAVAILABLE', 'the chat service is unavailable; retry shortly', { cause })))
       }
-    } catch (cause) {
-      this.#settle(id, (p) => p.reject(new ClientError('UNAVAILABLE', 'the chat service is unavailable; retry shortly', { cause })))
-    }
+    })()
     const reply = await replied
     const body = reply.body as RpcResponse | undefined
     if (body === undefined || typeof body !== 'object' || body === null || typeof body.ok !== 'boolean') {
@@ -136,6 +138,11 @@ export class WorkerRpc {
       await channel.close().catch(() => {})
       throw err
     }
+    if (this.#closing !== undefined) {
+      // close() gave up waiting for this one: it must not outlive the client.
+      await channel.close().catch(() => {})
+      throw new ClientError('UNAVAILABLE', 'gateway is shutting down')
+    }
     this.#channel = channel
     return channel
   }
@@ -144,7 +151,8 @@ export class WorkerRpc {
   close (): Promise<void> {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#calls])
-      await this.#opening?.catch(() => undefined)
+      // A channel still opening (the broker unreachable) is not waited for past a timeout.
+      await Promise.race([this.#opening?.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, this.#timeoutMs).unref())])
       await this.#channel?.close().catch(() => {})
       this.#channel = undefined
     })()

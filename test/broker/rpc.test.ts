@@ -70,3 +70,25 @@ t.test('a call is bounded by its timeout when the broker stops reading', async (
   proxy.freeze(false)
   proxy.cut()
 })
+
+t.test('a call made while the broker is unreachable, or while the link goes silent as the client opens its channel, is bounded by its timeout', async (t) => {
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const connection = openConnection({ url: viaProxy(url, proxy), name: 'rpc-unreachable', heartbeatSeconds: 60, log: silentLogger })
+  const rpc = new WorkerRpc(connection, names, 800)
+  t.teardown(async () => { await rpc.close(); await connection.close() })
+  await connection.onConnect()
+  const timed = async (what: string) => {
+    const started = Date.now()
+    const err = await rpc.call({ op: 'session.open', userId: 'x' }).then(() => undefined, (e: unknown) => e)
+    const took = Date.now() - started
+    t.ok(err instanceof ClientError && err.code === 'UNAVAILABLE' && took < 2000, `${what}: UNAVAILABLE in ${took} ms`)
+  }
+  // Fresh client, the link silent before it has a channel.
+  proxy.freeze(true)
+  await timed('silent before the first channel')
+  proxy.freeze(false)
+  proxy.cut()
+  proxy.refuse(true)
+  await timed('broker unreachable')
+  proxy.refuse(false)
+})
