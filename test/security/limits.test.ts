@@ -125,6 +125,31 @@ t.test('reconnecting does not refill the bucket: a reconnect costs a token and s
   t.equal((await tryConnect(gw.url, { token: tokenFor('someone-calm') })).outcome, 'connected', 'other users are not affected')
 })
 
+t.test('alternating between two sockets does not hand out fresh buckets either', async (t) => {
+  const gw = await startTestGateway(t, env, { SOCKET_RATE_PER_SEC: '1', SOCKET_RATE_BURST: '8' })
+  const started = Date.now()
+  let served = 0
+  let reconnects = -2
+  for (let cycle = 0; cycle < 4; cycle++) {
+    // One socket reconnects first and takes the kept bucket; the other follows it.
+    const open = []
+    for (let k = 0; k < 2; k++) {
+      const { outcome, socket } = await tryConnect(gw.url, { token: tokenFor('twin') })
+      open.push(socket)
+      if (outcome !== 'connected') continue
+      reconnects++
+      const acks = await Promise.all(Array.from({ length: 8 }, () => emitAny(socket, 10_000, 'channels:list', {}) as Promise<Ack>))
+      served += acks.filter((a) => a.ok).length
+    }
+    for (const socket of open) socket.disconnect()
+    await waitUntil(() => gw.app.sessions.socketsOf('twin') === 0, 5000, 'sockets detached')
+    await sleep(1100)
+  }
+  const elapsedS = (Date.now() - started) / 1000
+  // Two sockets are owed two buckets, refilling at the rate each; reconnects pay a token each.
+  t.ok(served + reconnects <= 2 * 8 + 2 * Math.ceil(elapsedS), `within two buckets' worth (${served} served, ${reconnects} reconnects in ${elapsedS.toFixed(2)} s)`)
+})
+
 t.test('events sent before the session opens are held only up to a cap; the rest are refused at once', async (t) => {
   // A vhost with no worker: sessions never open, so every event waits.
   const { url: lonely } = await createVhost(t)
