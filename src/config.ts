@@ -51,7 +51,7 @@ export const ConfigSchema = Type.Object({
   GATEWAY_READY_SOCKETS: Int('Above this many sockets /ready answers 503 so the load balancer sends new clients elsewhere; 0 means 90% of GATEWAY_MAX_SOCKETS.', 0, 0, 1_000_000),
   USER_MAX_SOCKETS: Int('Most simultaneous sockets of one user on one gateway; beyond it connections are refused (connect_error RATE_LIMITED).', 20, 1, 10_000),
   JWT_SECRET: Type.String({
-    description: 'HS256 secret that signs client tokens (claim `sub` = user id), at least 16 characters. Development default: a fixed insecure value. Required in production.',
+    description: 'HS256 secret that signs client tokens (claims `sub` = user id and `exp`, both required), at least 16 characters. Development default: a fixed insecure value. Required in production.',
     default: ''
   }),
   JWT_ISSUER: Type.String({ description: 'If set, tokens must carry this `iss`.', default: '' }),
@@ -153,7 +153,9 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
     needs('DATABASE_URL', 'in production (the embedded database is for development), e.g. postgres://user:pass@host:5432/db')
   }
   for (const name of ['AMQP_URL', 'DATABASE_URL'] as const) {
-    const problem = urlProblem(config[name])
+    // postgres.js takes a host list (db1:5432,db2:5432) and checks only the first, as here.
+    const value = name === 'DATABASE_URL' ? config[name].replace(/^([a-z]+:\/\/(?:[^@/?#]*@)?)([^,/?#]*),[^/?#]*/, '$1$2') : config[name]
+    const problem = urlProblem(value)
     if (problem !== undefined) throw new ConfigError(`${name} is invalid: ${problem}`)
   }
   if (role === 'gateway' && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
@@ -192,7 +194,8 @@ function urlProblem (value: string): string | undefined {
  * settings (a BROKER_PREFIX only the gateways saw would split them onto other queues).
  */
 export function loadDotEnv (file = '.env'): void {
-  if (existsSync(file)) process.loadEnvFile(file)
+  // Node 20.12+; the fastify CLI does the same and skips it on older versions.
+  if (existsSync(file) && typeof process.loadEnvFile === 'function') process.loadEnvFile(file)
 }
 
 /** True when the gateway runs on the insecure development JWT secret. */

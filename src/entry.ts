@@ -28,7 +28,11 @@ export function fatal (message: string, code = 1): never {
  */
 export function stopWithParent (): void {
   if (process.channel === undefined || process.channel === null) return
-  process.once('disconnect', () => { process.kill(process.pid, 'SIGTERM') })
+  // Already stopping (the parent sent SIGTERM, then died): a second signal would cut the
+  // graceful drain short. These listeners only take note; the process's own handle the signal.
+  let signalled = false
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => { signalled = true })
+  process.once('disconnect', () => { if (!signalled) process.kill(process.pid, 'SIGTERM') })
   // The channel must not keep a process alive that is done.
   process.channel.unref()
 }

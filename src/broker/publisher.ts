@@ -65,7 +65,8 @@ export class ConfirmedPublisher {
           throw new PublishError('APP_PUBLISH_UNROUTABLE', `no queue is bound to ${tracked.exchange ?? ''}/${tracked.routingKey ?? ''}`, false)
         }
       }, (err: unknown) => {
-        if (id !== undefined) this.#returned.delete(id)
+        // Its basic.return, if any, is emitted a turn later: forget it then.
+        if (id !== undefined) setImmediate(() => this.#returned.delete(id))
         throw new PublishError('APP_PUBLISH_FAILED', 'broker refused or lost the message', true, err)
       })
     })

@@ -3,12 +3,16 @@
  * no retry will fix).
  */
 
-// SQLSTATE classes that say "this data": a data exception (22), an integrity constraint
-// (23), a program limit such as an oversized value (54). Only these make a message
-// unstorable for good. Every other SQLSTATE is about the database, its state or its
-// deployment (a connection lost, a read-only standby after a failover, a rotated
-// password, a missing migration): the work is held and retried, never dead-lettered.
-const DATA_SQLSTATE_CLASSES = new Set(['22', '23', '54'])
+// SQLSTATEs that say "the database, its state or its deployment, not this message": the
+// work is held and retried, never dead-lettered. Connection (08), transaction state such
+// as a read-only standby after a failover (25), login refused (28), no such database (3D),
+// rollbacks and deadlocks (40), resources (53), operator intervention (57), system (58);
+// and a lock not available, privileges, a missing table or function (a deploy before its
+// migration), a pooler's prepared-statement trouble. Anything else (a data exception, a
+// constraint, an error raised for one row) isolates the message that causes it: held
+// forever, it would stop persistence for everyone behind it.
+const TRANSIENT_SQLSTATE_CLASSES = new Set(['08', '25', '28', '3D', '40', '53', '57', '58'])
+const TRANSIENT_SQLSTATES = new Set(['55P03', '42501', '42P01', '42883', '26000', '42P05'])
 // Node and postgres.js error codes for a lost or refused connection.
 const TRANSIENT_NODE_CODES = new Set([
   'APP_DB_TIMEOUT', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
@@ -17,16 +21,17 @@ const TRANSIENT_NODE_CODES = new Set([
 
 /**
  * True when retrying the same work later may succeed: the database was down, busy,
- * deadlocked, read-only, refusing logins or not migrated — anything but the data itself.
- * Errors that are not the database's (a bug) are not transient: the worker isolates the
- * message that causes one.
+ * deadlocked, read-only, refusing logins or not migrated. Other errors (the data, a
+ * bug) are not transient: the worker isolates the message that causes one.
  */
 export function isTransientDbError (err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 5; depth++) {
     const code = (e as { code?: unknown }).code
     if (typeof code === 'string') {
       if (TRANSIENT_NODE_CODES.has(code)) return true
-      if (/^[0-9A-Z]{5}$/.test(code) && (e as { severity?: unknown }).severity !== undefined) return !DATA_SQLSTATE_CLASSES.has(code.slice(0, 2))
+      if (/^[0-9A-Z]{5}$/.test(code) && (e as { severity?: unknown }).severity !== undefined) {
+        return TRANSIENT_SQLSTATES.has(code) || TRANSIENT_SQLSTATE_CLASSES.has(code.slice(0, 2))
+      }
     }
     if (e instanceof AggregateError && e.errors.some(isTransientDbError)) return true
     e = (e as { cause?: unknown }).cause
