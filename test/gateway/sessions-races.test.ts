@@ -75,7 +75,28 @@ function harness () {
     }
     return s
   }
-  return { sessions, refs, answers, rereads, emitted, socket }
+  type FakeSocket = ReturnType<typeof socket>
+  const real = (s: FakeSocket) => s as unknown as AppSocket
+  /** A new socket of `userId`, attached; its session.open is the latest entry of `answers`. */
+  const attach = async (userId: string) => {
+    const s = socket(userId)
+    sessions.attach(real(s))
+    await turn()
+    return s
+  }
+  const ready = (s: FakeSocket) => sessions.whenReady(real(s))
+  /** A socket whose session opened with `channels`. */
+  const opened = async (userId: string, channels: ChannelSummary[]) => {
+    const s = await attach(userId)
+    answers.at(-1)!.resolve({ channels })
+    await ready(s)
+    return s
+  }
+  const detach = (s: FakeSocket) => {
+    s.connected = false
+    sessions.detach(real(s))
+  }
+  return { sessions, refs, answers, rereads, emitted, attach, ready, opened, detach }
 }
 
 const group = (id: string, lastSeq = 0): ChannelSummary => ({ id, kind: 'group', name: `g-${id.slice(0, 4)}`, lastSeq })
@@ -84,12 +105,10 @@ const C2 = '22222222-2222-4222-8222-222222222222'
 
 t.test('a channel joined while the first session.open is in flight is kept', async (t) => {
   const h = harness()
-  const s = h.socket('alice')
-  h.sessions.attach(s as unknown as AppSocket)
-  await turn()
+  const s = await h.attach('alice')
   await h.sessions.joined('alice', group(C1))
   h.answers[0]!.resolve({ channels: [] }) // read before the channel was created
-  t.equal(await h.sessions.whenReady(s as unknown as AppSocket), true)
+  t.equal(await h.ready(s), true)
   t.ok(h.sessions.channelOf('alice', C1), 'still a member here')
   t.equal(h.refs.get(`channel:${C1}`), 1, 'its key stays bound')
   t.ok(s.rooms.has(`c:${C1}`), 'the socket stays in its room')
@@ -97,17 +116,11 @@ t.test('a channel joined while the first session.open is in flight is kept', asy
 
 t.test('a channel left while a later session.open is in flight is not brought back', async (t) => {
   const h = harness()
-  const first = h.socket('alice')
-  h.sessions.attach(first as unknown as AppSocket)
-  await turn()
-  h.answers[0]!.resolve({ channels: [group(C1, 3)] })
-  await h.sessions.whenReady(first as unknown as AppSocket)
-  const second = h.socket('alice')
-  h.sessions.attach(second as unknown as AppSocket)
-  await turn()
+  const first = await h.opened('alice', [group(C1, 3)])
+  const second = await h.attach('alice')
   await h.sessions.left('alice', C1)
   h.answers[1]!.resolve({ channels: [group(C1, 3)] }) // read before the leave committed
-  t.equal(await h.sessions.whenReady(second as unknown as AppSocket), true)
+  t.equal(await h.ready(second), true)
   t.notOk(h.sessions.channelOf('alice', C1), 'no longer a member here')
   t.notOk(h.refs.has(`channel:${C1}`), 'its key is released')
   t.notOk(second.rooms.has(`c:${C1}`), 'the new socket is not in its room')
@@ -116,17 +129,11 @@ t.test('a channel left while a later session.open is in flight is not brought ba
 
 t.test('a later session.open fills in what a loaded user missed, and tells the other sockets', async (t) => {
   const h = harness()
-  const first = h.socket('alice')
-  h.sessions.attach(first as unknown as AppSocket)
-  await turn()
-  h.answers[0]!.resolve({ channels: [group(C1)] })
-  await h.sessions.whenReady(first as unknown as AppSocket)
-  const second = h.socket('alice')
-  h.sessions.attach(second as unknown as AppSocket)
-  await turn()
+  const first = await h.opened('alice', [group(C1)])
+  const second = await h.attach('alice')
   // Both notices were lost: joined C2, left C1.
   h.answers[1]!.resolve({ channels: [group(C2)] })
-  await h.sessions.whenReady(second as unknown as AppSocket)
+  await h.ready(second)
   t.ok(h.sessions.channelOf('alice', C2), 'C2 known')
   t.notOk(h.sessions.channelOf('alice', C1), 'C1 forgotten')
   t.same([...first.rooms].filter((r) => r.startsWith('c:')), [`c:${C2}`], 'the first socket moved rooms too')
@@ -138,46 +145,30 @@ t.test('a later session.open fills in what a loaded user missed, and tells the o
 
 t.test('a session.open answered after every socket of the user left does not touch the user\'s next record', async (t) => {
   const h = harness()
-  const s0 = h.socket('alice')
-  h.sessions.attach(s0 as unknown as AppSocket)
-  await turn()
-  h.answers[0]!.resolve({ channels: [group(C1)] })
-  await h.sessions.whenReady(s0 as unknown as AppSocket)
+  const s0 = await h.opened('alice', [group(C1)])
   // Notices on the old record, so its clock is ahead of the next record's.
   await h.sessions.joined('alice', group(C2))
   await h.sessions.left('alice', C2)
   await h.sessions.joined('alice', group(C2))
-  const s1 = h.socket('alice')
-  h.sessions.attach(s1 as unknown as AppSocket)
-  await turn()
-  for (const s of [s0, s1]) {
-    s.connected = false
-    h.sessions.detach(s as unknown as AppSocket)
-  }
-  const s2 = h.socket('alice')
-  h.sessions.attach(s2 as unknown as AppSocket)
-  await turn()
+  const s1 = await h.attach('alice')
+  h.detach(s0)
+  h.detach(s1)
+  const s2 = await h.attach('alice')
   await h.sessions.joined('alice', group(C1))
   await h.sessions.left('alice', C1)
   h.answers[1]!.resolve({ channels: [group(C1)] }) // s1's, read before the leave
-  t.equal(await h.sessions.whenReady(s1 as unknown as AppSocket), false, 'the gone socket gets no session')
+  t.equal(await h.ready(s1), false, 'the gone socket gets no session')
   t.notOk(h.sessions.channelOf('alice', C1), 'the channel left is not brought back')
   t.notOk(s2.rooms.has(`c:${C1}`))
   t.notOk(h.refs.has(`channel:${C1}`))
   h.answers[2]!.resolve({ channels: [] })
-  t.equal(await h.sessions.whenReady(s2 as unknown as AppSocket), true)
+  t.equal(await h.ready(s2), true)
 })
 
 t.test('a session.open read before a re-read does not undo it', async (t) => {
   const h = harness()
-  const first = h.socket('alice')
-  h.sessions.attach(first as unknown as AppSocket)
-  await turn()
-  h.answers[0]!.resolve({ channels: [group(C1)] })
-  await h.sessions.whenReady(first as unknown as AppSocket)
-  const second = h.socket('alice')
-  h.sessions.attach(second as unknown as AppSocket)
-  await turn()
+  await h.opened('alice', [group(C1)])
+  const second = await h.attach('alice')
   // A broker outage: C1 left and C2 joined meanwhile, the notices lost. The re-read is answered first.
   const reread = h.sessions.resync()
   await turn()
@@ -186,7 +177,7 @@ t.test('a session.open read before a re-read does not undo it', async (t) => {
   t.ok(h.sessions.channelOf('alice', C2))
   t.notOk(h.sessions.channelOf('alice', C1))
   h.answers[1]!.resolve({ channels: [group(C1, 7)] }) // requested before the re-read
-  t.equal(await h.sessions.whenReady(second as unknown as AppSocket), true)
+  t.equal(await h.ready(second), true)
   t.notOk(h.sessions.channelOf('alice', C1), 'the older list does not bring C1 back')
   t.ok(h.sessions.channelOf('alice', C2), 'nor drop C2')
   t.notOk(h.refs.has(`channel:${C1}`))
