@@ -130,12 +130,7 @@ export class Sessions {
         user.channels.set(channel.id, { ...channel, lastSeq: Math.max(channel.lastSeq, user.channels.get(channel.id)!.lastSeq) })
         return
       }
-      user.channels.set(channel.id, channel)
-      if (channel.kind === 'group') {
-        // Rooms first: anything routed here from the moment the bind lands reaches the sockets.
-        for (const socket of user.sockets) void socket.join(channelRoom(channel.id))
-        await this.#o.bindings.acquire(channelKey(channel.id))
-      }
+      await this.#gain(user, channel)
       this.#o.io.to(userRoom(userId)).emit('channel:joined', { channel })
     })
   }
@@ -147,11 +142,7 @@ export class Sessions {
       touch(user, channelId)
       const channel = user.channels.get(channelId)
       if (channel === undefined) return
-      user.channels.delete(channelId)
-      if (channel.kind === 'group') {
-        for (const socket of user.sockets) void socket.leave(channelRoom(channelId))
-        this.#o.bindings.release(channelKey(channelId))
-      }
+      this.#lose(user, channel)
       this.#o.io.to(userRoom(userId)).emit('channel:left', { channelId })
     })
   }
@@ -186,7 +177,7 @@ export class Sessions {
    * are told; before, their session:ready carries the list.
    */
   async #apply (u: LocalUser, listed: ChannelSummary[], since: number, opening?: AppSocket): Promise<void> {
-    const { bindings, io } = this.#o
+    const { io } = this.#o
     if (since < u.listedAt) {
       for (const channel of listed) {
         const known = u.channels.get(channel.id)
@@ -198,7 +189,7 @@ export class Sessions {
     const changedSince = (id: string) => (u.touched?.get(id) ?? 0) > since
     const tell = u.loaded ? (opening === undefined ? io.to(userRoom(u.id)) : io.to(userRoom(u.id)).except(opening.id)) : undefined
     const ids = new Set<string>()
-    const gained: ChannelSummary[] = []
+    const gained: Array<{ channel: ChannelSummary, bound: Promise<void> }> = []
     for (const channel of listed) {
       ids.add(channel.id)
       const known = u.channels.get(channel.id)
@@ -207,27 +198,33 @@ export class Sessions {
         continue
       }
       if (changedSince(channel.id)) continue
-      u.channels.set(channel.id, channel)
-      if (channel.kind === 'group') {
-        // Rooms first: anything routed here from the moment the bind lands reaches the sockets.
-        for (const socket of u.sockets) void socket.join(channelRoom(channel.id))
-        void bindings.acquire(channelKey(channel.id))
-      }
-      gained.push(channel)
+      gained.push({ channel, bound: this.#gain(u, channel) })
     }
     for (const channel of [...u.channels.values()]) {
       if (ids.has(channel.id) || changedSince(channel.id)) continue
-      u.channels.delete(channel.id)
-      if (channel.kind === 'group') {
-        for (const socket of u.sockets) void socket.leave(channelRoom(channel.id))
-        bindings.release(channelKey(channel.id))
-      }
+      this.#lose(u, channel)
       tell?.emit('channel:left', { channelId: channel.id })
     }
     if (tell === undefined || gained.length === 0) return
     // As joined() does: a socket told of a channel can rely on its live messages.
-    await Promise.all(gained.map((c) => c.kind === 'group' ? bindings.whenBound(channelKey(c.id)) : undefined))
-    for (const channel of gained) tell.emit('channel:joined', { channel })
+    await Promise.all(gained.map((g) => g.bound))
+    for (const { channel } of gained) tell.emit('channel:joined', { channel })
+  }
+
+  /** The user is a member now: rooms first (anything routed from the moment the bind lands reaches the sockets), then the key. Resolves once bound. */
+  async #gain (u: LocalUser, channel: ChannelSummary): Promise<void> {
+    u.channels.set(channel.id, channel)
+    if (channel.kind !== 'group') return
+    for (const socket of u.sockets) void socket.join(channelRoom(channel.id))
+    await this.#o.bindings.acquire(channelKey(channel.id))
+  }
+
+  /** The user is no longer a member: out of the rooms, key released. */
+  #lose (u: LocalUser, channel: ChannelSummary): void {
+    u.channels.delete(channel.id)
+    if (channel.kind !== 'group') return
+    for (const socket of u.sockets) void socket.leave(channelRoom(channel.id))
+    this.#o.bindings.release(channelKey(channel.id))
   }
 
   #serial (userId: string, change: (user: LocalUser) => Promise<void>): Promise<void> {
