@@ -28,6 +28,9 @@ import type { WorkerMetrics } from './metrics.js'
 
 const validateSend = compile(SendCommandSchema)
 
+/** Backoff with jitter for retrying a batch (database or broker trouble): 100 ms doubling to 5 s. */
+const retryDelayMs = (attempt: number) => Math.min(5000, 100 * 2 ** Math.min(attempt, 6)) * (0.5 + Math.random() / 2)
+
 export interface PendingSend {
   msg: AsyncMessage
   settle: (status: ConsumerStatus) => void
@@ -127,7 +130,7 @@ export class SendPipeline {
             for (const b of batch) b.settle(ConsumerStatus.REQUEUE)
             return
           }
-          const delay = Math.min(5000, 100 * 2 ** Math.min(attempt, 6)) * (0.5 + Math.random() / 2)
+          const delay = retryDelayMs(attempt)
           this.#o.log.warn({ err: describeDbError(err), attempt, delayMs: Math.round(delay), batch: batch.length }, 'database unavailable; retrying the batch')
           await new Promise((resolve) => setTimeout(resolve, delay))
           continue
@@ -167,7 +170,7 @@ export class SendPipeline {
         this.#o.metrics.delivered.inc(messages.length)
         break
       } catch (err) {
-        const delay = Math.min(5000, 100 * 2 ** Math.min(attempt, 6)) * (0.5 + Math.random() / 2)
+        const delay = retryDelayMs(attempt)
         if (!this.#o.isClosing()) {
           this.#o.log.warn({ err, attempt, delayMs: Math.round(delay), batch: batch.length }, 'could not publish deliveries; retrying')
           await new Promise((resolve) => setTimeout(resolve, delay))
