@@ -33,7 +33,7 @@ export const ConfigSchema = Type.Object({
     pattern: '^[A-Za-z0-9_.-]{1,64}$',
     default: 'chat'
   }),
-  AMQP_HEARTBEAT_S: Int('AMQP heartbeat in seconds; a dead gateway\'s queue and bindings vanish after about twice this.', 10, 1, 600),
+  AMQP_HEARTBEAT_S: Int('AMQP heartbeat in seconds; a dead gateway\'s queue vanishes after about twice this (its keys ROUTE_LEASE_MS later).', 10, 1, 600),
   SERVER_ID: Type.String({
     description: 'Name of this process in logs, metrics and the AMQP connection name. Default: host name plus a random suffix.',
     pattern: '^[A-Za-z0-9_.:-]{0,100}$',
@@ -67,8 +67,9 @@ export const ConfigSchema = Type.Object({
   SOCKET_RATE_BURST: Int('Events a socket may send in a burst before the rate limit applies.', 40, 1, 100_000),
   SOCKET_MAX_PENDING_PACKETS: Int('Packets a socket may have waiting to be written before it counts as a slow consumer and is disconnected.', 2000, 10, 1_000_000),
   SOCKET_MAX_BUFFER_BYTES: Int('Bytes a socket may have waiting in its WebSocket before it counts as a slow consumer and is disconnected.', 2_097_152, 16_384, 1_073_741_824),
-  BIND_CHANNELS: Int('AMQP channels used in parallel for bind/unbind (one RPC in flight per channel); re-binding 11,000 keys at +50 ms RTT took 75 s with 8, 12 s with 64.', 64, 1, 256),
+  BIND_CHANNELS: Int('AMQP channels used in parallel for bind/unbind (one RPC in flight per channel); binding 11,000 keys at +50 ms RTT took 75 s with 8, 12 s with 64.', 64, 1, 256),
   UNBIND_GRACE_MS: Int('Delay before a key whose last local user left is unbound; absorbs reconnect flaps.', 2000, 0, 600_000),
+  ROUTE_LEASE_MS: Int('How long a gateway\'s routing keys outlive its broker connection: a reconnect within it re-binds with one operation instead of one per key; after it (or a crash) the broker deletes them.', 120_000, 1000, 86_400_000),
   GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the oldest deliveries are dropped (clients catch up by history).', 100_000, 1),
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),

@@ -13,6 +13,8 @@ export class TcpProxy {
   readonly #pairs = new Set<[Socket, Socket]>()
   #server: Server | undefined
   delayMs: number
+  /** While true, new connections are closed at once (the broker is unreachable). */
+  refusing = false
   port = 0
 
   constructor (target: { host: string, port: number }, delayMs = 0) {
@@ -54,6 +56,10 @@ export class TcpProxy {
   }
 
   #accept (client: Socket): void {
+    if (this.refusing) {
+      client.destroy()
+      return
+    }
     const upstream = connect(this.#target.port, this.#target.host)
     client.setNoDelay(true)
     upstream.setNoDelay(true)

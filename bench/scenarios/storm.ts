@@ -3,7 +3,9 @@
  * Then the gateway's broker connections are cut in a TCP proxy of the harness (a
  * network failure, as the gateway sees it): time until /ready is 200 again and the
  * broker holds every binding. Again with added round-trip time in the proxy, as a
- * gateway in a far region would see.
+ * gateway in a far region would see. The keys outlive the cut on the gateway's route;
+ * `expired` keeps the broker unreachable past the route's lease (ROUTE_LEASE_MS, 5 s
+ * here unless --gateway-env sets it), so every key is bound again, as on a first start.
  */
 import { LoadPool } from '../load/pool.js'
 import type { RunContext } from '../lib/context.js'
@@ -35,9 +37,15 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
   // (Node's default backlog is 511): the kernel drops SYNs and clients retry after
   // 1, 3, 7, 15… s. --connect-concurrency N measures that case.
   const concurrency = num(ctx, 'connect-concurrency', 1000, 1000)
-  const cutsWanted = String(ctx.opts.cuts ?? 'loopback,far').split(',')
-  const delays = [...(cutsWanted.includes('loopback') ? [0] : []), ...(cutsWanted.includes('far') ? [num(ctx, 'rtt', 50) / 2] : [])]
-  const sys = await createSystem(ctx, { gateways: 1, proxy: true, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
+  const cutsWanted = String(ctx.opts.cuts ?? 'loopback,far,expired').split(',')
+  const cutKinds = [
+    ...(cutsWanted.includes('loopback') ? [{ delay: 0, refuseMs: 0 }] : []),
+    ...(cutsWanted.includes('far') ? [{ delay: num(ctx, 'rtt', 50) / 2, refuseMs: 0 }] : [])
+  ]
+  const gatewayEnv = { ROUTE_LEASE_MS: '5000', ...envOption(ctx, 'gateway-env') }
+  const leaseMs = Number(gatewayEnv.ROUTE_LEASE_MS)
+  if (cutsWanted.includes('expired')) cutKinds.push({ delay: 0, refuseMs: leaseMs + 2000 })
+  const sys = await createSystem(ctx, { gateways: 1, proxy: true, gatewayEnv, workerEnv: envOption(ctx, 'worker-env') })
   const gw = sys.gateways[0]!
   const proxy = sys.proxy!
   const exchange = `${sys.env.prefix}.outgoing`
@@ -89,13 +97,25 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
     'gateway CPU ms/user': Math.round((connectUsage.groups.find((g) => g.name === gw.name)?.cpuSeconds ?? 0) * 1e5 / users) / 100,
     'worker CPU ms/user': Math.round((connectUsage.groups.find((g) => g.name === sys.worker?.name)?.cpuSeconds ?? 0) * 1e5 / users) / 100
   }]
-  const cuts: Array<{ rttMs: number, seconds: number, binds: number, broker: number, readyAgain: boolean }> = []
-  for (const delay of delays) {
+  const cuts: Array<{ rttMs: number, expired: boolean, seconds: number, binds: number, broker: number, readyAgain: boolean }> = []
+  for (const { delay, refuseMs } of cutKinds) {
     proxy.delayMs = delay
     const b0 = await bindMetric()
-    const cutAt = performance.now()
+    let cutAt = performance.now()
     const n = proxy.cut()
-    let sawUnready = false
+    if (refuseMs > 0) {
+      // Unreachable past the lease: the broker deletes the route and every key with it.
+      proxy.refusing = true
+      while (performance.now() - cutAt < refuseMs) {
+        proxy.cut()
+        progress(`cut, broker unreachable for ${(refuseMs / 1000).toFixed(1)} s (lease ${leaseMs / 1000} s): ${((performance.now() - cutAt) / 1000).toFixed(1)} s`)
+        await sleep(100)
+      }
+      proxy.refusing = false
+      // Measured from the moment the broker is reachable again.
+      cutAt = performance.now()
+    }
+    let sawUnready = refuseMs > 0
     let readyAt: number | undefined
     let last: ReadyBody | undefined
     while (performance.now() - cutAt < 180_000) {
@@ -104,7 +124,7 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
       if (r.status !== 200) sawUnready = true
       // Green again only counts after it went red: the cut must have been noticed.
       if (r.status === 200 && (sawUnready || performance.now() - cutAt > 3000)) { readyAt = performance.now(); break }
-      progress(`cut (rtt +${delay * 2} ms, ${n} connections): ${((performance.now() - cutAt) / 1000).toFixed(1)} s, ready ${r.status}, missing ${last?.missingKeys ?? '?'}, pending ${last?.bindOperationsPending ?? '?'}`)
+      progress(`cut (rtt +${delay * 2} ms, ${n} connections${refuseMs > 0 ? ', lease expired' : ''}): ${((performance.now() - cutAt) / 1000).toFixed(1)} s, ready ${r.status}, missing ${last?.missingKeys ?? '?'}, pending ${last?.bindOperationsPending ?? '?'}`)
       await sleep(20)
     }
     progressEnd()
@@ -112,9 +132,9 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
     const binds = await bindMetric() - b0
     const broker = await countBindings(sys.vhost, exchange)
     const s = await pool.stats()
-    cuts.push({ rttMs: delay * 2, seconds, binds, broker, readyAgain: readyAt !== undefined })
+    cuts.push({ rttMs: delay * 2, expired: refuseMs > 0, seconds, binds, broker, readyAgain: readyAt !== undefined })
     rows.push({
-      phase: 'broker cut → ready',
+      phase: refuseMs > 0 ? 'cut past the lease: reachable → ready' : 'broker cut → ready',
       'rtt ms': delay * 2,
       users,
       ready: s.ready,
@@ -128,8 +148,8 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
   await pool.disconnect()
   proxy.delayMs = 0
 
-  const local = cuts.find((c) => c.rttMs === 0)
-  const far = cuts.find((c) => c.rttMs > 0)
+  const local = cuts.find((c) => c.rttMs === 0 && !c.expired)
+  const far = cuts.find((c) => c.rttMs > 0 && !c.expired)
   const full = !ctx.quick && users >= 10_000 && perUser >= 5
   return {
     scenario: 'storm',
@@ -144,7 +164,8 @@ export async function storm (ctx: RunContext): Promise<ScenarioResult> {
     notes: [
       `connect errors: ${JSON.stringify(afterConnect.stats.errors)}; SYNs dropped = the kernel's ListenOverflows counter over the connect (machine-wide)`,
       `each channel has about ${Math.round(users * perUser / channels)} members; the ideal is ${expectedBindings} bindings (one per user, one per channel)`,
-      'the cut destroys both of the gateway\'s AMQP connections in the proxy; its queue dies with them and every key is bound again on a new queue'
+      'the cut destroys both of the gateway\'s AMQP connections in the proxy; its queue dies with them, its keys stay on its route, and one binding attaches the new queue',
+      `"cut past the lease": the proxy refuses the broker for ROUTE_LEASE_MS (${leaseMs} ms) + 2 s, the broker deletes the route with every key, and every key is bound again (time counted from when the broker is reachable again)`
     ],
     details: { users, perUser, channels, concurrency, overflows, errors: afterConnect.stats.errors, connectMs: conn.durationMs, connectBinds, brokerAfterConnect, cuts, ready: summarize(afterConnect.ready) }
   }

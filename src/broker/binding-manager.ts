@@ -1,17 +1,25 @@
 /**
  * The gateway's routing table lives in RabbitMQ: one exclusive, server-named queue
- * per gateway, bound to the outgoing exchange with one routing key per local user
- * (`user:{id}`) and per channel with a local member (`channel:{id}`).
+ * per gateway, fed through the gateway's own *route* exchange, which is bound to the
+ * outgoing exchange with one routing key per local user (`user:{id}`) and per channel
+ * with a local member (`channel:{id}`).
  *
- * This class owns that queue and its bindings:
+ * This class owns that queue, the route and its bindings:
  * - keys are reference counted: the first acquire binds, the last release unbinds
  *   (after a grace period that absorbs reconnect flaps);
  * - `acquire()` resolves only once the key is bound, so a client is told it is
  *   ready only when its messages can reach it;
  * - bind/unbind run on a small pool of long-lived AMQP channels (one RPC in flight
  *   per channel, so the pool is the parallelism), never a channel per call;
- * - after every reconnect the broker hands us a new, empty queue: every key still
- *   referenced is bound again, and `settled` stays false until that is done.
+ * - the keys sit on the route, not on the queue, so they outlive the exclusive queue:
+ *   after a lost connection the broker hands us a new, empty queue and one binding
+ *   (route → queue) puts every key back, instead of one per key (10,000 users took
+ *   4–5 s to re-bind on loopback, 11 s at 50 ms RTT). `settled` is false until then.
+ * - the route is an auto-delete exchange kept alive, through an auto-delete holder
+ *   exchange, by a lease queue we consume (`x-expires`): when the gateway is gone for
+ *   longer than the lease, the lease queue expires, the holder and then the route are
+ *   deleted with every key, and a gateway that comes back then declares a new route
+ *   and binds each key again.
  *
  * @see ../../docs/ARCHITECTURE.md#binding-manager
  */
@@ -24,6 +32,8 @@ export interface BindingManagerOptions {
   connection: Connection
   /** The durable direct exchange deliveries are routed through. */
   exchange: string
+  /** This gateway's route and lease names; unique per process (see topology.ts). */
+  route: { exchange: string, holder: string, lease: string }
   /** Called synchronously for every delivery (the queue is consumed without acks). */
   onMessage: (msg: AsyncMessage) => void
   log: Logger
@@ -33,11 +43,15 @@ export interface BindingManagerOptions {
   unbindGraceMs?: number
   /** Queue length cap; the oldest deliveries are dropped beyond it. @default 100000 */
   maxQueueLength?: number
+  /** How long the route and its keys outlive a lost connection. @default 120000 */
+  leaseMs?: number
 }
 
 export interface BindingStats {
   /** Current server-named queue, '' while (re)connecting. */
   queue: string
+  /** This gateway's route exchange, which holds its keys. */
+  route: string
   /** Keys with at least one local reference. */
   desired: number
   /** Desired keys not yet bound on the current queue. */
@@ -48,6 +62,8 @@ export interface BindingStats {
   pending: number
   /** Queues the broker has given us: 1 after start, +1 per reconnect. */
   generation: number
+  /** Routes declared: 1 after start, +1 per outage that outlasted the lease. */
+  routes: number
   binds: number
   unbinds: number
   failures: number
@@ -56,23 +72,31 @@ export interface BindingStats {
 type Lane = { channel: Channel | undefined, busy: boolean }
 
 export interface BindingManager {
-  /** The queue was (re)declared and every key referenced at that moment is bound again. */
-  on(event: 'rebound', listener: (info: { generation: number, keys: number, durationMs: number }) => void): this
+  /**
+   * The queue was (re)declared and every key referenced at that moment is bound again.
+   * `routeKept`: the keys outlived the lost queue on the route (one bind put them back).
+   */
+  on(event: 'rebound', listener: (info: { generation: number, keys: number, durationMs: number, routeKept: boolean }) => void): this
   /** A bind or unbind completed. */
   on(event: 'operation', listener: (info: { op: 'bind' | 'unbind', key: string, durationMs: number }) => void): this
 }
 
 export class BindingManager extends EventEmitter {
-  readonly #opts: Required<Omit<BindingManagerOptions, 'connection' | 'onMessage' | 'log' | 'exchange'>>
+  readonly #opts: Required<Omit<BindingManagerOptions, 'connection' | 'onMessage' | 'log' | 'exchange' | 'route'>>
   readonly #connection: Connection
   readonly #exchange: string
+  readonly #route: { exchange: string, holder: string, lease: string }
   readonly #log: Logger
   readonly #consumer: Consumer
+  /** Holds the lease: consuming keeps `x-expires` from counting while we are connected. */
+  readonly #leaseConsumer: Consumer
 
   /** Local references per key; only keys with a count > 0 are present. */
   readonly #refs = new Map<string, number>()
-  /** Keys bound on the current queue → logical time of the bind. */
+  /** Keys bound on the route → logical time of the bind. */
   readonly #bound = new Map<string, number>()
+  /** Unreferenced keys whose bind failed without an answer: they may be bound, so unbind them. */
+  readonly #uncertain = new Set<string>()
   readonly #dirty = new Set<string>()
   readonly #inflight = new Set<string>()
   readonly #waiters = new Map<string, Array<() => void>>()
@@ -84,23 +108,30 @@ export class BindingManager extends EventEmitter {
   #boundChannel = 0
   #queue = ''
   #generation = 0
+  /** The current queue is bound to the route, and the route's keys are known. */
+  #attached = false
+  /** Logical time of the attach: a key bound earlier routed nothing to us before it. */
+  #attachedAt = 0
+  /** Bumped whenever the route is declared anew (with no keys); results of older operations are void. */
+  #routeEpoch = 0
   #clock = 0
   #rebindStartedAt = 0
   #rebindKeys = 0
+  #routeKept = false
   #counters = { binds: 0, unbinds: 0, failures: 0 }
   #closing: Promise<void> | undefined
-  /** Set while a new queue waits for the lost one to be deleted before re-binding. */
-  #holdUntil: Promise<void> | undefined
 
   constructor (options: BindingManagerOptions) {
     super()
     this.#connection = options.connection
     this.#exchange = options.exchange
+    this.#route = options.route
     this.#log = options.log
     this.#opts = {
       poolSize: options.poolSize ?? 64,
       unbindGraceMs: options.unbindGraceMs ?? 2000,
-      maxQueueLength: options.maxQueueLength ?? 100_000
+      maxQueueLength: options.maxQueueLength ?? 100_000,
+      leaseMs: options.leaseMs ?? 120_000
     }
     this.#lanes = Array.from({ length: this.#opts.poolSize }, () => ({ channel: undefined, busy: false }))
     const onMessage = options.onMessage
@@ -124,6 +155,15 @@ export class BindingManager extends EventEmitter {
     }, (msg) => { onMessage(msg) })
     this.#consumer.on('ready', () => this.#onQueueReady())
     this.#consumer.on('error', (err) => this.#log.warn({ err }, 'gateway queue consumer error'))
+    // Durable: RabbitMQ 4 deprecates transient non-exclusive queues. Nothing is ever
+    // routed to it (its one binding's key is never a user or channel key).
+    this.#leaseConsumer = this.#connection.createConsumer({
+      queue: this.#route.lease,
+      queueOptions: this.#leaseQueueOptions(),
+      noAck: true,
+      requeue: false
+    }, () => {})
+    this.#leaseConsumer.on('error', (err) => this.#log.warn({ err }, 'route lease consumer error'))
   }
 
   /** Takes a reference on `key`; resolves once the key is bound (or no longer wanted). */
@@ -145,7 +185,7 @@ export class BindingManager extends EventEmitter {
    * the manager closes. Takes no reference.
    */
   whenBound (key: string): Promise<void> {
-    if (!this.#refs.has(key) || (this.#bound.has(key) && !this.#inflight.has(key)) || this.#closing !== undefined) return Promise.resolve()
+    if (!this.#refs.has(key) || (this.#usable() && this.#bound.has(key) && !this.#inflight.has(key)) || this.#closing !== undefined) return Promise.resolve()
     return new Promise((resolve) => {
       const list = this.#waiters.get(key)
       if (list === undefined) this.#waiters.set(key, [resolve])
@@ -168,6 +208,7 @@ export class BindingManager extends EventEmitter {
     this.#wake(key)
     if (!this.#bound.has(key)) {
       this.#missing--
+      if (this.#uncertain.has(key)) this.#markDirty(key)
       // It may have been the last key a re-bind was waiting for.
       this.#checkRebound()
       return
@@ -182,9 +223,9 @@ export class BindingManager extends EventEmitter {
     }, this.#opts.unbindGraceMs).unref())
   }
 
-  /** True when `key` is bound on the current queue. */
+  /** True when `key` routes to the current queue. */
   isBound (key: string): boolean {
-    return this.#bound.has(key) && this.#queueIsCurrent()
+    return this.#bound.has(key) && this.#usable()
   }
 
   /**
@@ -192,7 +233,9 @@ export class BindingManager extends EventEmitter {
    * with `now()` taken earlier to learn whether a key was already bound back then.
    */
   boundSince (key: string): number | undefined {
-    return this.#queueIsCurrent() ? this.#bound.get(key) : undefined
+    if (!this.#usable()) return undefined
+    const at = this.#bound.get(key)
+    return at === undefined ? undefined : Math.max(at, this.#attachedAt)
   }
 
   /** The current logical time (see boundSince). */
@@ -202,7 +245,12 @@ export class BindingManager extends EventEmitter {
 
   /** The queue is consuming and every referenced key is bound on it. */
   get settled (): boolean {
-    return this.#queueIsCurrent() && this.#missing === 0 && this.#closing === undefined
+    return this.#usable() && this.#missing === 0 && this.#closing === undefined
+  }
+
+  /** This gateway's route exchange, the destination of its key bindings on the outgoing exchange. */
+  get route (): string {
+    return this.#route.exchange
   }
 
   get queue (): string {
@@ -212,17 +260,22 @@ export class BindingManager extends EventEmitter {
   stats (): BindingStats {
     return {
       queue: this.queue,
+      route: this.#route.exchange,
       desired: this.#refs.size,
       missing: this.#missing,
       boundUserKeys: this.#boundUser,
       boundChannelKeys: this.#boundChannel,
       pending: this.#dirty.size + this.#inflight.size,
       generation: this.#generation,
+      routes: this.#routeEpoch,
       ...this.#counters
     }
   }
 
-  /** Stops consuming and closes the pool; the queue itself goes with the connection. Idempotent. */
+  /**
+   * Stops consuming, deletes the route (with every key) and the lease, and closes the
+   * pool; the queue itself goes with the connection. Idempotent.
+   */
   close (): Promise<void> {
     this.#closing ??= this.#close()
     return this.#closing
@@ -234,6 +287,15 @@ export class BindingManager extends EventEmitter {
     this.#dirty.clear()
     for (const key of [...this.#waiters.keys()]) this.#wake(key)
     await this.#consumer.close()
+    await this.#leaseConsumer.close()
+    // Leaving now, not when the lease runs out, spares the broker routing to a dead end.
+    // Unreachable broker: the lease expiry removes both.
+    if (this.#connection.ready) {
+      await withTimeout(this.#connection.exchangeDelete({ exchange: this.#route.exchange }), CLOSE_RPC_MS)
+        .catch((err: unknown) => this.#log.warn({ err }, 'could not delete the route; it goes when its lease expires'))
+      await withTimeout(this.#connection.exchangeDelete({ exchange: this.#route.holder }), CLOSE_RPC_MS).catch(() => {})
+      await withTimeout(this.#connection.queueDelete({ queue: this.#route.lease }), CLOSE_RPC_MS).catch(() => {})
+    }
     await Promise.allSettled(this.#lanes.map(async (lane) => {
       const channel = lane.channel
       lane.channel = undefined
@@ -245,55 +307,104 @@ export class BindingManager extends EventEmitter {
     return this.#queue !== '' && this.#consumer.queue === this.#queue
   }
 
+  /** Deliveries to the route reach the current queue. */
+  #usable (): boolean {
+    return this.#attached && this.#queueIsCurrent()
+  }
+
+  #leaseQueueOptions () {
+    return { durable: true, arguments: { 'x-expires': this.#opts.leaseMs } }
+  }
+
   #onQueueReady (): void {
     if (this.#closing !== undefined) return
     const queue = this.#consumer.queue
-    const first = this.#generation === 0
-    const previous = this.#queue
     this.#queue = queue
     this.#generation++
-    // The new queue is empty: nothing is bound, and pending unbinds are moot.
+    this.#attached = false
+    this.#rebindStartedAt = performance.now()
+    this.#log.info({ queue, generation: this.#generation, keys: this.#refs.size }, this.#generation === 1 ? 'gateway queue ready' : 'gateway queue re-declared after reconnect; attaching it to the route')
+    void this.#attach(this.#generation)
+  }
+
+  /** Binds the current queue to the route, declaring the route first if it is gone; retried until it works or the queue changes. */
+  async #attach (generation: number): Promise<void> {
+    let failures = 0
+    while (generation === this.#generation && this.#closing === undefined && this.#queueIsCurrent()) {
+      try {
+        const kept = await this.#ensureRoute(generation)
+        if (kept === undefined || generation !== this.#generation || this.#closing !== undefined) return
+        await this.#connection.queueBind({ queue: this.#queue, exchange: this.#route.exchange, routingKey: '' })
+        if (generation !== this.#generation || this.#closing !== undefined) return
+        this.#attached = true
+        this.#attachedAt = ++this.#clock
+        this.#routeKept = kept
+        this.#rebindKeys = this.#refs.size
+        this.#log.info({ queue: this.#queue, route: this.#route.exchange, routeKept: kept, missing: this.#missing }, kept ? 'gateway queue attached; the route kept its keys' : 'gateway queue attached to a new route; binding every key')
+        for (const key of [...this.#waiters.keys()]) {
+          if (this.#bound.has(key) && !this.#inflight.has(key)) this.#wake(key)
+        }
+        this.#checkRebound()
+        this.#pump()
+        return
+      } catch (err) {
+        failures++
+        this.#counters.failures++
+        if (generation === this.#generation && this.#closing === undefined) this.#log.warn({ err, route: this.#route.exchange }, 'attaching the gateway queue to its route failed; will retry')
+        await sleep(Math.min(5000, 50 * 2 ** Math.min(failures, 7)))
+      }
+    }
+  }
+
+  /**
+   * Makes sure the route exists and is held by the lease. Returns true when it still
+   * holds the keys bound before; false when it was gone and is now declared empty;
+   * undefined when a newer queue took over meanwhile (its own attach decides).
+   */
+  async #ensureRoute (generation: number): Promise<boolean | undefined> {
+    const c = this.#connection
+    const { exchange, holder, lease } = this.#route
+    // Renews the lease (or creates it again after it expired) before relying on it.
+    await c.queueDeclare({ queue: lease, ...this.#leaseQueueOptions() })
+    if (this.#routeEpoch > 0) {
+      try {
+        // Both succeed only while the route and its holder exist, and from then on the
+        // lease holds them. Only this process declares the route, and it forgets every
+        // key before it does (below), so an existing route holds the keys we know of.
+        await c.queueBind({ queue: lease, exchange: holder, routingKey: LEASE_KEY })
+        await c.exchangeBind({ destination: holder, source: exchange, routingKey: '' })
+        return true
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'NOT_FOUND') throw err
+        this.#log.warn({ route: exchange, leaseMs: this.#opts.leaseMs }, 'the route expired while disconnected; declaring it again')
+      }
+    }
+    if (generation !== this.#generation) return undefined
+    this.#newRoute()
+    // A route left without its holder could still hold keys we no longer track.
+    await c.exchangeDelete({ exchange }).catch((err: unknown) => { if ((err as { code?: string }).code !== 'NOT_FOUND') throw err })
+    // Fanout: the route hands every delivery to its destinations, the queue and the
+    // holder, without matching keys (a topic route's `#` cost RabbitMQ twice the extra
+    // CPU per delivery, bench/tools/route-cost.ts). The holder is a direct exchange whose
+    // only binding, to the lease queue, has a key no delivery carries. Auto-delete, both:
+    // when the lease queue expires the holder goes, and then the route with every key.
+    await c.exchangeDeclare({ exchange, type: 'fanout', durable: true, autoDelete: true })
+    await c.exchangeDeclare({ exchange: holder, type: 'direct', durable: true, autoDelete: true })
+    await c.queueBind({ queue: lease, exchange: holder, routingKey: LEASE_KEY })
+    await c.exchangeBind({ destination: holder, source: exchange, routingKey: '' })
+    return false
+  }
+
+  /** The route was declared anew: nothing is bound on it, every referenced key must be. */
+  #newRoute (): void {
+    this.#routeEpoch++
     this.#bound.clear()
+    this.#uncertain.clear()
     this.#boundUser = 0
     this.#boundChannel = 0
-    for (const timer of this.#graceTimers.values()) clearTimeout(timer)
-    this.#graceTimers.clear()
     this.#dirty.clear()
     for (const key of this.#refs.keys()) this.#dirty.add(key)
     this.#missing = this.#refs.size
-    this.#rebindStartedAt = performance.now()
-    this.#rebindKeys = this.#refs.size
-    this.#log.info({ queue, generation: this.#generation, keys: this.#refs.size }, first ? 'gateway queue ready' : 'gateway queue re-declared after reconnect; re-binding')
-    this.#checkRebound()
-    if (first || previous === '' || previous === queue) {
-      this.#pump()
-      return
-    }
-    // While RabbitMQ deletes the lost queue's bindings, binding runs several times slower
-    // (measured: 11,000 binds in 14 s instead of 2.2 s on 3.10). Waiting for the old queue
-    // to disappear, which takes about a second for 10k bindings, is faster overall.
-    const generation = this.#generation
-    this.#holdUntil = this.#waitUntilGone(previous, OLD_QUEUE_WAIT_MS).finally(() => {
-      if (this.#generation !== generation) return
-      this.#holdUntil = undefined
-      this.#pump()
-    })
-  }
-
-  /** Resolves when `queue` no longer exists, or after `maxMs` (a partitioned peer keeps it until its heartbeat times out). */
-  async #waitUntilGone (queue: string, maxMs: number): Promise<void> {
-    const deadline = performance.now() + maxMs
-    while (performance.now() < deadline && this.#closing === undefined) {
-      try {
-        // Exclusive to the dead connection: a passive declare fails with RESOURCE_LOCKED
-        // while it exists and NOT_FOUND once it is gone. Either error closes only the
-        // connection's internal channel, which rabbitmq-client reopens on the next call.
-        await this.#connection.queueDeclare({ queue, passive: true })
-      } catch (err) {
-        if ((err as { code?: string }).code === 'NOT_FOUND') return
-      }
-      await sleep(50)
-    }
   }
 
   #markDirty (key: string): void {
@@ -318,7 +429,7 @@ export class BindingManager extends EventEmitter {
   }
 
   #pump (): void {
-    if (!this.#queueIsCurrent() || this.#closing !== undefined || this.#holdUntil !== undefined) return
+    if (!this.#usable() || this.#closing !== undefined) return
     for (const lane of this.#lanes) {
       if (this.#dirty.size <= this.#busyLanes) return
       if (lane.busy) continue
@@ -340,7 +451,7 @@ export class BindingManager extends EventEmitter {
     this.#busyLanes++
     let failures = 0
     try {
-      while (this.#closing === undefined && this.#queueIsCurrent()) {
+      while (this.#closing === undefined && this.#usable()) {
         const key = this.#takeDirty()
         if (key === undefined) break
         const ok = await this.#reconcile(lane, key)
@@ -360,37 +471,40 @@ export class BindingManager extends EventEmitter {
   /** Makes the broker agree with the refcount for one key. Returns false on failure. */
   async #reconcile (lane: Lane, key: string): Promise<boolean> {
     const want = this.#refs.has(key)
-    if (want === this.#bound.has(key)) {
+    if (want ? this.#bound.has(key) : !this.#bound.has(key) && !this.#uncertain.has(key)) {
       if (want) this.#wake(key)
       return true
     }
-    const generation = this.#generation
-    const queue = this.#queue
+    const epoch = this.#routeEpoch
     this.#inflight.add(key)
     const started = performance.now()
     try {
       const channel = await this.#channel(lane)
-      if (generation !== this.#generation) return true // the new queue's pass owns this key now
-      const params = { queue, exchange: this.#exchange, routingKey: key }
-      if (want) await channel.queueBind(params)
-      else await channel.queueUnbind(params)
-      if (generation !== this.#generation) return true
+      if (epoch !== this.#routeEpoch) return true // a new route's pass owns this key now
+      // Unbinding a key that is not bound succeeds, so retrying either operation is safe.
+      const params = { destination: this.#route.exchange, source: this.#exchange, routingKey: key }
+      if (want) await channel.exchangeBind(params)
+      else await channel.exchangeUnbind(params)
+      if (epoch !== this.#routeEpoch) return true
+      this.#uncertain.delete(key)
       if (want) this.#setBound(key)
       else this.#setUnbound(key)
       this.emit('operation', { op: want ? 'bind' : 'unbind', key, durationMs: performance.now() - started })
       return true
     } catch (err) {
       this.#counters.failures++
-      if (generation === this.#generation && this.#closing === undefined) {
+      if (epoch === this.#routeEpoch && this.#closing === undefined) {
         this.#log.warn({ err, key, op: want ? 'bind' : 'unbind' }, 'binding operation failed; will retry')
+        // A bind may have reached the broker without its answer reaching us.
+        if (want) this.#uncertain.add(key)
         this.#dirty.add(key)
       }
       lane.channel = undefined
       return false
     } finally {
       this.#inflight.delete(key)
-      if (generation === this.#generation && this.#refs.has(key) !== this.#bound.has(key)) this.#dirty.add(key)
-      if (this.#bound.has(key) || !this.#refs.has(key)) this.#wake(key)
+      if (epoch === this.#routeEpoch && (this.#refs.has(key) !== this.#bound.has(key) || (!this.#refs.has(key) && this.#uncertain.has(key)))) this.#dirty.add(key)
+      if ((this.#bound.has(key) && this.#usable()) || !this.#refs.has(key)) this.#wake(key)
       // Another lane may have skipped this key while it was in flight.
       if (this.#dirty.has(key)) this.#pump()
     }
@@ -426,14 +540,26 @@ export class BindingManager extends EventEmitter {
   }
 
   #checkRebound (): void {
-    if (this.#missing !== 0 || this.#rebindStartedAt === 0) return
+    if (this.#missing !== 0 || this.#rebindStartedAt === 0 || !this.#usable()) return
     const durationMs = performance.now() - this.#rebindStartedAt
     this.#rebindStartedAt = 0
-    this.emit('rebound', { generation: this.#generation, keys: this.#rebindKeys, durationMs })
+    this.emit('rebound', { generation: this.#generation, keys: this.#rebindKeys, durationMs, routeKept: this.#routeKept })
   }
 }
 
-/** Longest wait for a lost queue's deletion before re-binding anyway. */
-const OLD_QUEUE_WAIT_MS = 3000
+/** The lease queue's binding key on the holder: never a `user:` or `channel:` key, so it routes nothing. */
+const LEASE_KEY = 'lease'
+
+/** Bound on each broker call made while closing. */
+const CLOSE_RPC_MS = 2000
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref())
+
+async function withTimeout<T> (promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  try {
+    return await Promise.race([promise, new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms) })])
+  } finally {
+    clearTimeout(timer)
+  }
+}

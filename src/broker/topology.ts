@@ -20,7 +20,14 @@ export function brokerNames (prefix: string) {
     rpcQueue: `${prefix}.worker.rpc`,
     /** Where messages the worker can never process go, with the reason in a header. */
     deadLetterExchange: `${prefix}.dead-letter`,
-    deadLetterQueue: `${prefix}.dead-letter`
+    deadLetterQueue: `${prefix}.dead-letter`,
+    /**
+     * A gateway's route (an auto-delete fanout exchange bound with its `user:`/`channel:`
+     * keys, feeding its queue), the route's holder exchange and the lease queue that
+     * keeps both through short outages. `id` must be unique per process: a restarted
+     * gateway must not adopt its predecessor's keys.
+     */
+    gatewayRoute: (id: string) => ({ exchange: `${prefix}.gateway.${id}`, holder: `${prefix}.gateway.${id}.holder`, lease: `${prefix}.gateway.${id}.lease` })
   }
 }
 

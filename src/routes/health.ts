@@ -23,6 +23,7 @@ const routes: FastifyPluginAsync<{ config: Config }> = async (app, { config }) =
       missingKeys: b.missing,
       bindOperationsPending: b.pending,
       queue: b.queue,
+      route: b.route,
       draining: app.draining(),
       broker: !app.broker.connected() ? 'disconnected' : app.broker.blocked() ? 'blocked' : 'connected',
       uptimeSeconds: Math.round(process.uptime())

@@ -20,21 +20,28 @@ t.test('a reconnect whose last missing key is released still emits rebound', asy
   const consumer = new HeldConsumer()
   const held = new Map<string, () => void>()
   let holdKey: string | undefined
+  let routeExists = false
   const channel = {
     active: true,
-    queueBind: async (p: { routingKey: string }) => {
+    exchangeBind: async (p: { routingKey: string }) => {
       if (p.routingKey === holdKey) await new Promise<void>((resolve) => held.set(p.routingKey, resolve))
     },
-    queueUnbind: async () => {},
+    exchangeUnbind: async () => {},
     close: async () => {}
   }
   const connection = {
     createConsumer: () => consumer,
     acquire: async () => channel,
-    // The lost queue is already gone.
-    queueDeclare: async () => { throw Object.assign(new Error('gone'), { code: 'NOT_FOUND' }) }
+    queueDeclare: async () => {},
+    exchangeDeclare: async () => { routeExists = true },
+    exchangeDelete: async () => {},
+    // The route check: binding the lease queue to the route's holder fails once they are gone.
+    queueBind: async (p: { routingKey: string }) => {
+      if (p.routingKey === 'lease' && !routeExists) throw Object.assign(new Error('no route'), { code: 'NOT_FOUND' })
+    },
+    exchangeBind: async () => {}
   }
-  const manager = new BindingManager({ connection: connection as unknown as Connection, exchange: 'x', onMessage: () => {}, log: silentLogger, poolSize: 4, unbindGraceMs: 0 })
+  const manager = new BindingManager({ connection: connection as unknown as Connection, exchange: 'x', route: { exchange: 'x.gateway.1', holder: 'x.gateway.1.holder', lease: 'x.gateway.1.lease' }, onMessage: () => {}, log: silentLogger, poolSize: 4, unbindGraceMs: 0 })
   t.teardown(() => manager.close())
   const rebounds: number[] = []
   manager.on('rebound', ({ generation }: { generation: number }) => rebounds.push(generation))
@@ -45,6 +52,8 @@ t.test('a reconnect whose last missing key is released still emits rebound', asy
   await Promise.all([manager.acquire('user:a'), manager.acquire('user:b')])
   t.same(rebounds, [1])
 
+  // The outage outlasted the lease: the route is gone and every key must be bound again.
+  routeExists = false
   holdKey = 'user:b'
   consumer.queue = 'q2'
   consumer.emit('ready')

@@ -2,26 +2,33 @@ import t, { type Test } from 'tap'
 import { Connection, type AsyncMessage } from 'rabbitmq-client'
 import { BindingManager } from '../../src/broker/binding-manager.js'
 import { silentLogger } from '../../src/log.js'
+import { startProxy, viaProxy, type TcpProxy } from '../helpers/proxy.js'
 import { closeConnections, createVhost, listBindings, listQueues, rabbitmqctl } from '../helpers/services.js'
 import { sleep, waitUntil } from '../helpers/system.js'
 
 const { vhost, url } = await createVhost(t)
 const EXCHANGE = 'bm.outgoing'
 
-async function setup (t: Test, opts: { unbindGraceMs?: number, poolSize?: number } = {}) {
+async function setup (t: Test, opts: { unbindGraceMs?: number, poolSize?: number, leaseMs?: number, proxy?: TcpProxy } = {}) {
   const name = `bm-${Math.random().toString(36).slice(2, 8)}`
-  const connection = new Connection({ url, connectionName: name, retryLow: 100, retryHigh: 500 })
+  const connection = new Connection({ url: opts.proxy === undefined ? url : viaProxy(url, opts.proxy), connectionName: name, retryLow: 100, retryHigh: 500 })
   connection.on('error', () => {})
   await connection.exchangeDeclare({ exchange: EXCHANGE, type: 'direct', durable: true })
   const received: AsyncMessage[] = []
-  const manager = new BindingManager({ connection, exchange: EXCHANGE, onMessage: (m) => received.push(m), log: silentLogger, unbindGraceMs: opts.unbindGraceMs ?? 0, poolSize: opts.poolSize ?? 4 })
+  const route = { exchange: `bm.gateway.${name}`, holder: `bm.gateway.${name}.holder`, lease: `bm.gateway.${name}.lease` }
+  const manager = new BindingManager({ connection, exchange: EXCHANGE, route, onMessage: (m) => received.push(m), log: silentLogger, unbindGraceMs: opts.unbindGraceMs ?? 0, poolSize: opts.poolSize ?? 4, leaseMs: opts.leaseMs })
   t.teardown(async () => {
     await manager.close()
     await connection.close()
   })
   await waitUntil(() => manager.settled, 10_000, 'queue ready')
-  const keysOnBroker = async () => (await listBindings(vhost, EXCHANGE)).filter((b) => b.queue === manager.queue).map((b) => b.routingKey).sort()
-  return { connection, manager, received, name, keysOnBroker }
+  /** The keys as the broker holds them: bindings from the outgoing exchange to our route. */
+  const keysOnBroker = async () => (await listBindings(vhost, EXCHANGE)).filter((b) => b.destination === manager.route).map((b) => b.routingKey).sort()
+  /** Queues the route feeds (its other destination is the holder exchange). */
+  const routeQueues = async () => (await listBindings(vhost, manager.route)).filter((b) => b.kind === 'queue').map((b) => b.destination)
+  const exchanges = async () => (await rabbitmqctl('list_exchanges', '-p', vhost, '--no-table-headers', 'name')).split('\n')
+  const routeExists = async () => (await exchanges()).includes(manager.route)
+  return { connection, manager, received, name, route, keysOnBroker, routeQueues, routeExists, exchanges }
 }
 
 t.test('keys are refcounted: one binding for many references, unbound at zero', async (t) => {
@@ -66,22 +73,80 @@ t.test('a lazy unbind absorbs a quick re-acquire', async (t) => {
   t.same(await keysOnBroker(), [])
 })
 
-t.test('after a broker connection loss, the new queue gets every key back before settling', async (t) => {
-  const { manager, keysOnBroker, name } = await setup(t, { poolSize: 8 })
+t.test('after a broker connection loss, the keys wait on the route and one bind attaches the new queue', async (t) => {
+  const { manager, keysOnBroker, routeQueues, name, connection, received } = await setup(t, { poolSize: 8 })
   const keys = Array.from({ length: 300 }, (_, i) => (i % 3 === 0 ? `channel:${i}` : `user:u${i}`))
   await Promise.all(keys.map((k) => manager.acquire(k)))
   const before = manager.queue
   t.equal((await keysOnBroker()).length, 300)
-  let rebound: { keys: number, durationMs: number } | undefined
+  t.same(await routeQueues(), [before])
+  let rebound: { keys: number, durationMs: number, routeKept: boolean } | undefined
   manager.on('rebound', (info) => { rebound = info })
   t.equal(await closeConnections(vhost, name), 1)
   await waitUntil(() => !manager.settled, 5000, 'unsettled after the loss')
+  t.equal(manager.isBound('user:u1'), false, 'no key counts as bound while no queue is attached')
   await waitUntil(() => manager.settled, 20_000, 'settled again')
   t.not(manager.queue, before, 'the broker gave us a new server-named queue')
-  t.same(await keysOnBroker(), [...keys].sort(), 'every key is bound to the new queue')
+  t.same(await keysOnBroker(), [...keys].sort(), 'every key is still on the route')
+  t.same(await routeQueues(), [manager.queue], 'the route feeds the new queue, and only it')
   t.notOk((await listQueues(vhost)).some((q) => q.name === before), 'the old exclusive queue is gone')
-  t.equal(rebound?.keys, 300)
-  t.match(manager.stats(), { desired: 300, missing: 0, generation: 2 })
+  t.match(rebound, { keys: 300, routeKept: true })
+  t.match(manager.stats(), { desired: 300, missing: 0, generation: 2, routes: 1, binds: 300 }, 'no key was bound twice')
+
+  const pub = connection.createPublisher({ confirm: true })
+  t.teardown(() => pub.close())
+  await pub.send({ exchange: EXCHANGE, routingKey: 'user:u1' }, { after: 'reconnect' })
+  await waitUntil(() => received.some((m) => (m.body as { after?: string }).after === 'reconnect'), 5000, 'a delivery after the reconnect')
+})
+
+t.test('keys taken and dropped while disconnected are bound and unbound once back', async (t) => {
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const { manager, keysOnBroker } = await setup(t, { proxy })
+  await Promise.all(['user:stay', 'user:leave', 'channel:old'].map((k) => manager.acquire(k)))
+  proxy.refuse(true)
+  proxy.cut()
+  await waitUntil(() => !manager.settled, 5000, 'unsettled after the cut')
+  manager.release('user:leave')
+  manager.release('channel:old')
+  const joined = manager.acquire('user:new')
+  let joinedResolved = false
+  void joined.then(() => { joinedResolved = true })
+  await sleep(500)
+  t.equal(joinedResolved, false, 'acquire waits while the broker is unreachable')
+  proxy.refuse(false)
+  await joined
+  await waitUntil(() => manager.settled && manager.stats().pending === 0, 20_000, 'settled')
+  t.same(await keysOnBroker(), ['user:new', 'user:stay'])
+  t.match(manager.stats(), { routes: 1, boundUserKeys: 2, boundChannelKeys: 0 })
+})
+
+t.test('an outage longer than the lease: the broker drops the route, the gateway declares it again and binds every key', async (t) => {
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const { manager, keysOnBroker, routeExists, exchanges, route } = await setup(t, { proxy, leaseMs: 1000 })
+  const keys = ['user:a', 'user:b', 'channel:c']
+  await Promise.all(keys.map((k) => manager.acquire(k)))
+  let rebound: { routeKept: boolean } | undefined
+  manager.on('rebound', (info) => { rebound = info })
+  proxy.refuse(true)
+  proxy.cut()
+  await waitUntil(async () => !(await routeExists()), 15_000, 'the broker deleted the route when the lease expired')
+  t.notOk((await exchanges()).includes(route.holder), 'and its holder')
+  t.same(await keysOnBroker(), [], 'and every key with it')
+  proxy.refuse(false)
+  await waitUntil(() => manager.settled, 20_000, 'settled again')
+  t.same(await keysOnBroker(), [...keys].sort(), 'every key bound again on the new route')
+  t.match(rebound, { routeKept: false })
+  t.match(manager.stats(), { routes: 2, binds: 6, missing: 0 })
+})
+
+t.test('close deletes the route and its lease; nothing is left on the broker', async (t) => {
+  const { manager, route, routeExists, exchanges } = await setup(t)
+  await manager.acquire('user:z')
+  await manager.close()
+  t.equal(await routeExists(), false)
+  t.notOk((await exchanges()).includes(route.holder), 'holder deleted')
+  t.notOk((await listQueues(vhost)).some((q) => q.name === route.lease), 'lease queue deleted')
+  t.notOk((await listBindings(vhost, EXCHANGE)).some((b) => b.destination === route.exchange))
 })
 
 t.test('bind/unbind use a fixed pool of channels, not one per call', async (t) => {
@@ -94,8 +159,8 @@ t.test('bind/unbind use a fixed pool of channels, not one per call', async (t) =
   }
   await Promise.all(Array.from({ length: 200 }, (_, i) => manager.acquire(`user:p${i}`)))
   const afterBinds = await channelsOfConnection()
-  // pool (3) + consumer (1) + the connection's own lazy channel used by setup's exchangeDeclare
-  t.ok(afterBinds <= 5, `at most 5 channels, saw ${afterBinds}`)
+  // pool (3) + consumer (1) + lease consumer (1) + the connection's own lazy channel
+  t.ok(afterBinds <= 6, `at most 6 channels, saw ${afterBinds}`)
   for (let i = 0; i < 200; i++) manager.release(`user:p${i}`)
   await waitUntil(() => manager.stats().unbinds === 200, 10_000)
   t.equal(await channelsOfConnection(), afterBinds, '200 unbinds opened no channel')

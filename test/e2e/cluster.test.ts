@@ -15,7 +15,7 @@ const sql = sqlClient(t, databaseUrl)
 
 await spawnWorker(t, env)
 const [g1, g2, g3] = await Promise.all([spawnGateway(t, env), spawnGateway(t, env), spawnGateway(t, env)])
-const queueOf = async (g: { url: string }) => ((await (await fetch(`${g.url}/ready`)).json()) as { queue: string }).queue
+const routeOf = async (g: { url: string }) => ((await (await fetch(`${g.url}/ready`)).json()) as { route: string }).route
 
 const alice1 = await connectUser(t, g1.url, 'alice')
 const alice2 = await connectUser(t, g2.url, 'alice')
@@ -55,8 +55,8 @@ t.test('a group message reaches every socket of every member across gateways exa
 
   const bindings = await listBindings(vhost, 'chat.outgoing')
   const keysOf = async (g: { url: string }) => {
-    const q = await queueOf(g)
-    return bindings.filter((b) => b.queue === q).map((b) => b.routingKey).sort()
+    const route = await routeOf(g)
+    return bindings.filter((b) => b.destination === route).map((b) => b.routingKey).sort()
   }
   t.same(await keysOf(g1), [`channel:${channelId}`, 'user:alice'])
   t.same(await keysOf(g2), [`channel:${channelId}`, 'user:alice', 'user:bob', 'user:dave'], 'one channel binding for three local members')

@@ -28,7 +28,7 @@ t.test('outage of one gateway\'s broker connections', async (t) => {
   await carol.send({ channelId }, 'before')
   await alice.waitFor<Message>('message:new', (m) => m.content === 'before')
   const lastSeen = alice.messages().at(-1)!.seq
-  const keysBefore = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === cut.app.bindings.queue).map((b) => b.routingKey).sort()
+  const keysBefore = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === cut.app.bindings.route).map((b) => b.routingKey).sort()
 
   proxy.refuse(true)
   proxy.cut()
@@ -47,7 +47,7 @@ t.test('outage of one gateway\'s broker connections', async (t) => {
 
   proxy.refuse(false)
   await waitUntil(async () => (await fetch(`${cut.url}/ready`)).status === 200, 30_000, '/ready 200 after recovery')
-  const keysAfter = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === cut.app.bindings.queue).map((b) => b.routingKey).sort()
+  const keysAfter = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === cut.app.bindings.route).map((b) => b.routingKey).sort()
   t.same(keysAfter, keysBefore, 'every binding is back, on the new queue')
 
   // Every ok'd send is stored; nothing acked was lost.
@@ -88,7 +88,7 @@ t.test('channels joined and left during the outage are right on the gateway afte
   const joinedAt = dana.events.findIndex((e) => e.event === 'channel:joined' && (e.args[0] as { channel: { id: string } }).channel.id === fresh)
   t.ok(joinedAt < resyncAt, 'before session:resync, so the client refetches with the right channels')
 
-  const keys = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === cut.app.bindings.queue).map((b) => b.routingKey)
+  const keys = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === cut.app.bindings.route).map((b) => b.routingKey)
   t.ok(keys.includes(`channel:${fresh}`), 'the new channel is bound')
   t.notOk(keys.includes(`channel:${old}`), 'the channel left is not')
 

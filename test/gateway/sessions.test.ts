@@ -18,7 +18,7 @@ const sql = sqlClient(t, databaseUrl)
 await startTestWorker(t, env)
 const gw = await startTestGateway(t, env)
 
-const keysOnBroker = async () => (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === gw.app.bindings.queue).map((b) => b.routingKey).sort()
+const keysOnBroker = async () => (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === gw.app.bindings.route).map((b) => b.routingKey).sort()
 
 t.test('two sockets of one user: closing one keeps the other receiving; closing both unbinds the user', async (t) => {
   const a = await connectUser(t, gw.url, 'two-tabs')

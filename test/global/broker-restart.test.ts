@@ -32,7 +32,7 @@ t.test('stop_app / start_app: no false ok, every binding back, nothing acked los
   const ok1 = await bob.send({ channelId }, 'before')
   t.equal(ok1.ok, true)
   await alice.waitFor<Message>('message:new', (m) => m.content === 'before')
-  const keysBefore = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === gw.app.bindings.queue).map((b) => b.routingKey).sort()
+  const keysBefore = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === gw.app.bindings.route).map((b) => b.routingKey).sort()
 
   stopped = true
   await rabbitmqctl('stop_app')
@@ -47,7 +47,7 @@ t.test('stop_app / start_app: no false ok, every binding back, nothing acked los
 
   await waitUntil(async () => (await fetch(`${gw.url}/ready`)).status === 200, 60_000, 'gateway ready again')
   await waitUntil(() => worker.status().ready, 60_000, 'worker ready again')
-  const keysAfter = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === gw.app.bindings.queue).map((b) => b.routingKey).sort()
+  const keysAfter = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === gw.app.bindings.route).map((b) => b.routingKey).sort()
   t.same(keysAfter, keysBefore, 'every binding is back')
 
   const res = await alice.send({ channelId }, 'after')

@@ -30,15 +30,19 @@ export async function createVhost (t: Test): Promise<{ vhost: string, url: strin
   return { vhost, url: `amqp://guest:guest@${AMQP_HOST}/${encodeURIComponent(vhost)}` }
 }
 
-export interface Binding { source: string, queue: string, routingKey: string }
+export interface Binding { source: string, destination: string, kind: 'queue' | 'exchange', routingKey: string }
 
-/** The broker's own list of queue bindings in a vhost (from rabbitmqctl, not from us). */
+/**
+ * The broker's own list of bindings in a vhost (from rabbitmqctl, not from us), without
+ * the default exchange's. A gateway's keys are bindings from the outgoing exchange to
+ * its route exchange (`app.bindings.route`).
+ */
 export async function listBindings (vhost: string, exchange?: string): Promise<Binding[]> {
   const out = await rabbitmqctl('list_bindings', '-p', vhost, '--formatter', 'json', 'source_name', 'destination_name', 'destination_kind', 'routing_key')
-  const rows = JSON.parse(out) as Array<{ source_name: string, destination_name: string, destination_kind: string, routing_key: string }>
+  const rows = JSON.parse(out) as Array<{ source_name: string, destination_name: string, destination_kind: 'queue' | 'exchange', routing_key: string }>
   return rows
-    .filter((r) => r.destination_kind === 'queue' && r.source_name !== '' && (exchange === undefined || r.source_name === exchange))
-    .map((r) => ({ source: r.source_name, queue: r.destination_name, routingKey: r.routing_key }))
+    .filter((r) => r.source_name !== '' && (exchange === undefined || r.source_name === exchange))
+    .map((r) => ({ source: r.source_name, destination: r.destination_name, kind: r.destination_kind, routingKey: r.routing_key }))
 }
 
 export async function listQueues (vhost: string): Promise<Array<{ name: string, messages: number }>> {

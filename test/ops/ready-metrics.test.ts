@@ -15,12 +15,14 @@ const env = { amqpUrl, databaseUrl }
 await startTestWorker(t, env)
 const gw = await startTestGateway(t, env)
 
-type Ready = { ready: boolean, queue: string, boundUserKeys: number, boundChannelKeys: number, sockets: number, users: number, missingKeys: number }
+type Ready = { ready: boolean, queue: string, route: string, boundUserKeys: number, boundChannelKeys: number, sockets: number, users: number, missingKeys: number }
 const ready = async () => {
   const res = await fetch(`${gw.url}/ready`)
   return { status: res.status, body: await res.json() as Ready }
 }
-const brokerKeys = async (queue: string) => (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === queue).map((b) => b.routingKey)
+const brokerKeys = async (route: string) => (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === route).map((b) => b.routingKey)
+/** Queues the gateway's route feeds (its other destination is its holder exchange). */
+const routeQueues = async (route: string) => (await listBindings(vhost, route)).filter((b) => b.kind === 'queue').map((b) => b.destination)
 
 // 30 users, each in 3 of 5 shared channels: 30 user keys + 5 channel keys.
 const owner = await connectUser(t, gw.url, 'owner')
@@ -37,7 +39,7 @@ await waitUntil(() => gw.app.bindings.stats().pending === 0)
 t.test('figures in /ready and /metrics equal the broker\'s own binding list', async (t) => {
   const { status, body } = await ready()
   t.equal(status, 200)
-  const keys = await brokerKeys(body.queue)
+  const keys = await brokerKeys(body.route)
   t.equal(keys.filter((k) => k.startsWith('user:')).length, 30)
   t.equal(keys.filter((k) => k.startsWith('channel:')).length, 5)
   t.match(body, { ready: true, sockets: 30, users: 30, boundUserKeys: 30, boundChannelKeys: 5, missingKeys: 0 })
@@ -56,7 +58,7 @@ t.test('figures in /ready and /metrics equal the broker\'s own binding list', as
 t.test('a cut broker connection turns /ready 503 until every binding is back', async (t) => {
   const before = await ready()
   const oldQueue = before.body.queue
-  const wanted = (await brokerKeys(oldQueue)).sort()
+  const wanted = (await brokerKeys(before.body.route)).sort()
   t.equal(wanted.length, 35)
   const seen: number[] = []
   const poller = setInterval(() => { void ready().then((r) => seen.push(r.status), () => {}) }, 20)
@@ -69,8 +71,10 @@ t.test('a cut broker connection turns /ready 503 until every binding is back', a
 
   const after = await ready()
   t.not(after.body.queue, oldQueue, 'a new queue')
-  const keys = (await brokerKeys(after.body.queue)).sort()
-  t.same(keys, wanted, 'the broker holds every key again, on the new queue')
+  t.equal(after.body.route, before.body.route, 'the same route')
+  t.same(await routeQueues(after.body.route), [after.body.queue], 'the route feeds the new queue, and only it')
+  const keys = (await brokerKeys(after.body.route)).sort()
+  t.same(keys, wanted, 'the broker holds every key')
   t.match(after.body, { boundUserKeys: 30, boundChannelKeys: 5, missingKeys: 0 })
   const { samples } = parsePrometheus(await (await fetch(`${gw.url}/metrics`)).text())
   t.equal(sampleValue(samples, 'chat_gateway_bound_keys', { kind: 'user' }), 30)

@@ -24,7 +24,7 @@ type Gateway = typeof gwA
 
 const keysOf = async (gw: Gateway) => {
   await waitUntil(() => gw.app.bindings.stats().pending === 0, 10_000, 'bind operations settled')
-  return (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.queue === gw.app.bindings.queue).map((b) => b.routingKey).sort()
+  return (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === gw.app.bindings.route).map((b) => b.routingKey).sort()
 }
 const count = async (query: Promise<Array<{ n: number }>>) => (await query)[0]?.n
 
