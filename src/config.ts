@@ -70,7 +70,7 @@ export const ConfigSchema = Type.Object({
   BIND_CHANNELS: Int('AMQP channels used in parallel for bind/unbind (one RPC in flight per channel); binding 11,000 keys at +50 ms RTT took 75 s with 8, 12 s with 64.', 64, 1, 256),
   UNBIND_GRACE_MS: Int('Delay before a key whose last local user left is unbound; absorbs reconnect flaps.', 2000, 0, 600_000),
   ROUTE_LEASE_MS: Int('How long a gateway\'s routing keys outlive its broker connection: a reconnect within it re-binds with one operation instead of one per key; after it (or a crash) the broker deletes them.', 120_000, 1000, 86_400_000),
-  GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the oldest deliveries are dropped (clients catch up by history).', 100_000, 1),
+  GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the broker drops the oldest deliveries, and the gateway re-reads memberships and tells its sockets to catch up from history.', 100_000, 1),
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),
   SEND_BACKLOG_MAX: Int('Messages waiting in the worker queue beyond which gateways answer new sends UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of your workers\' throughput; 0 turns it off.', 100_000, 0, 100_000_000),

@@ -41,7 +41,7 @@ export interface BindingManagerOptions {
   poolSize?: number
   /** Delay before a key with no local users is unbound. @default 2000 */
   unbindGraceMs?: number
-  /** Queue length cap; the oldest deliveries are dropped beyond it. @default 100000 */
+  /** Queue length cap; the oldest deliveries are dropped beyond it (and reported, see 'dropped'). @default 100000 */
   maxQueueLength?: number
   /** How long the route and its keys outlive a lost connection. @default 120000 */
   leaseMs?: number
@@ -67,6 +67,8 @@ export interface BindingStats {
   binds: number
   unbinds: number
   failures: number
+  /** Deliveries the full queue dropped (counted as the broker reports them). */
+  dropped: number
 }
 
 type Lane = { channel: Channel | undefined, busy: boolean }
@@ -79,6 +81,12 @@ export interface BindingManager {
   on(event: 'rebound', listener: (info: { generation: number, keys: number, durationMs: number, routeKept: boolean }) => void): this
   /** A bind or unbind completed. */
   on(event: 'operation', listener: (info: { op: 'bind' | 'unbind', key: string, durationMs: number }) => void): this
+  /**
+   * The queue was full and the broker dropped its oldest deliveries (`count` since the
+   * last event, at most one event per event-loop turn). Whatever they carried, joined
+   * and left notices included, is lost to this gateway.
+   */
+  on(event: 'dropped', listener: (info: { count: number }) => void): this
 }
 
 export class BindingManager extends EventEmitter {
@@ -118,7 +126,9 @@ export class BindingManager extends EventEmitter {
   #rebindStartedAt = 0
   #rebindKeys = 0
   #routeKept = false
-  #counters = { binds: 0, unbinds: 0, failures: 0 }
+  #counters = { binds: 0, unbinds: 0, failures: 0, dropped: 0 }
+  /** Drops not reported yet; an event goes out once per turn. */
+  #dropsPending = 0
   #closing: Promise<void> | undefined
 
   constructor (options: BindingManagerOptions) {
@@ -143,8 +153,15 @@ export class BindingManager extends EventEmitter {
         autoDelete: true,
         durable: false,
         // drop-head, not reject-publish: a rejecting queue would nack the worker's
-        // publish and make it retry deliveries other gateways already got.
-        arguments: { 'x-max-length': this.#opts.maxQueueLength, 'x-overflow': 'drop-head' }
+        // publish and make it retry deliveries other gateways already got. What it drops
+        // is dead-lettered to the lease queue, which we consume: the gateway learns that
+        // it lost deliveries and re-reads what it cannot know otherwise.
+        arguments: {
+          'x-max-length': this.#opts.maxQueueLength,
+          'x-overflow': 'drop-head',
+          'x-dead-letter-exchange': '',
+          'x-dead-letter-routing-key': this.#route.lease
+        }
       },
       // No acks: the queue is exclusive and dies with us, so an ack protects nothing
       // that a crash would not lose anyway (clients recover from history), and acks
@@ -155,14 +172,15 @@ export class BindingManager extends EventEmitter {
     }, (msg) => { onMessage(msg) })
     this.#consumer.on('ready', () => this.#onQueueReady())
     this.#consumer.on('error', (err) => this.#log.warn({ err }, 'gateway queue consumer error'))
-    // Durable: RabbitMQ 4 deprecates transient non-exclusive queues. Nothing is ever
-    // routed to it (its one binding's key is never a user or channel key).
+    // Durable: RabbitMQ 4 deprecates transient non-exclusive queues. No delivery is
+    // routed to it (its one binding's key is never a user or channel key); it receives
+    // only what the full gateway queue drops.
     this.#leaseConsumer = this.#connection.createConsumer({
       queue: this.#route.lease,
       queueOptions: this.#leaseQueueOptions(),
       noAck: true,
       requeue: false
-    }, () => {})
+    }, () => { this.#onDropped() })
     this.#leaseConsumer.on('error', (err) => this.#log.warn({ err }, 'route lease consumer error'))
   }
 
@@ -313,7 +331,18 @@ export class BindingManager extends EventEmitter {
   }
 
   #leaseQueueOptions () {
-    return { durable: true, arguments: { 'x-expires': this.#opts.leaseMs } }
+    // Capped: only the count of dropped deliveries matters, never their content.
+    return { durable: true, arguments: { 'x-expires': this.#opts.leaseMs, 'x-max-length': LEASE_MAX_LENGTH } }
+  }
+
+  #onDropped (): void {
+    this.#counters.dropped++
+    if (this.#dropsPending++ > 0) return
+    setImmediate(() => {
+      const count = this.#dropsPending
+      this.#dropsPending = 0
+      if (this.#closing === undefined) this.emit('dropped', { count })
+    })
   }
 
   #onQueueReady (): void {
@@ -549,6 +578,9 @@ export class BindingManager extends EventEmitter {
 
 /** The lease queue's binding key on the holder: never a `user:` or `channel:` key, so it routes nothing. */
 const LEASE_KEY = 'lease'
+
+/** Dropped deliveries kept in the lease queue while the gateway is too busy to take them. */
+const LEASE_MAX_LENGTH = 1000
 
 /** Bound on each broker call made while closing. */
 const CLOSE_RPC_MS = 2000

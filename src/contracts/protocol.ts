@@ -113,10 +113,12 @@ export interface ServerToClientEvents {
   'typing': (typing: { channelId: string, userId: string }) => void
   /**
    * Live delivery to this socket may have missed messages although the socket stayed
-   * connected (the gateway lost its broker connection and has re-bound every key):
-   * catch up from history as after a session:ready.
+   * connected (BROKER_RECONNECTED: the gateway lost its broker connection and has
+   * re-bound every key; DELIVERIES_DROPPED: the gateway fell so far behind that the
+   * broker dropped deliveries queued for it): catch up from history as after a
+   * session:ready.
    */
-  'session:resync': (resync: { reason: 'BROKER_RECONNECTED' }) => void
+  'session:resync': (resync: { reason: 'BROKER_RECONNECTED' | 'DELIVERIES_DROPPED' }) => void
   /**
    * The server ends this socket on purpose. TOKEN_EXPIRED: at once, reconnect with a
    * new token. DRAINING: the server is shutting down and disconnects the socket after

@@ -57,6 +57,7 @@ export function createGatewayMetrics (labels: { server_id: string, region: strin
     rebind: new Histogram({ name: 'chat_gateway_rebind_seconds', help: 'Time from a (re)declared queue to every desired key bound.', buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 60], registers }),
     messagesIn: new Counter({ name: 'chat_gateway_messages_in_total', help: 'Sends confirmed by the broker.', registers }),
     deliveries: new Counter({ name: 'chat_gateway_deliveries_total', help: 'Deliveries taken from this gateway\'s queue, by type.', labelNames: ['type'] as const, registers }),
+    deliveriesDropped: new Counter({ name: 'chat_gateway_deliveries_dropped_total', help: 'Deliveries the broker dropped from this gateway\'s full queue (GATEWAY_QUEUE_MAX_LENGTH); each burst is followed by a membership re-read and session:resync.', registers }),
     events: new Counter({ name: 'chat_gateway_events_total', help: 'Client events received, by event.', labelNames: ['event'] as const, registers }),
     errors: new Counter({ name: 'chat_gateway_event_errors_total', help: 'Client events answered with an error, by event and code.', labelNames: ['event', 'code'] as const, registers }),
     publishConfirm: new Histogram({ name: 'chat_gateway_publish_confirm_seconds', help: 'Time from publish to broker confirm of a send.', buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),

@@ -1,7 +1,8 @@
 /**
  * A TCP proxy between one process and a real service, to fail the network for that
  * process alone: cut its connections, refuse new ones, freeze traffic without
- * closing (a black hole, as when a machine vanishes), or add latency.
+ * closing (a black hole, as when a machine vanishes), stall what the service sends
+ * (a slow consumer), or add latency.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net'
 import type { Test } from 'tap'
@@ -75,6 +76,18 @@ export class TcpProxy {
   /** While on, bytes are swallowed in both directions and nothing is closed. */
   freeze (on: boolean): void {
     this.#frozen = on
+  }
+
+  /**
+   * While on, nothing is read from the service: its writes back up in the TCP buffers
+   * and then in the service itself (a consumer too slow to keep up), while the
+   * process's own writes still go through.
+   */
+  stall (on: boolean): void {
+    for (const [, upstream] of this.#pairs) {
+      if (on) upstream.pause()
+      else upstream.resume()
+    }
   }
 
   /** Holds every chunk this long in each direction (a far broker: 25 ms is 50 ms of round trip). */
