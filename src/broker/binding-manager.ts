@@ -130,6 +130,8 @@ export class BindingManager extends EventEmitter {
   /** Drops not reported yet; an event goes out once per turn. */
   #dropsPending = 0
   #closing: Promise<void> | undefined
+  /** The attach in progress, awaited by close so that nothing is declared after it. */
+  #attaching: Promise<void> = Promise.resolve()
 
   constructor (options: BindingManagerOptions) {
     super()
@@ -172,9 +174,8 @@ export class BindingManager extends EventEmitter {
     }, (msg) => { onMessage(msg) })
     this.#consumer.on('ready', () => this.#onQueueReady())
     this.#consumer.on('error', (err) => this.#log.warn({ err }, 'gateway queue consumer error'))
-    // Durable: RabbitMQ 4 deprecates transient non-exclusive queues. No delivery is
-    // routed to it (its one binding's key is never a user or channel key); it receives
-    // only what the full gateway queue drops.
+    // No delivery is routed to the lease queue (its one binding's key is never a user or
+    // channel key); it receives only what the full gateway queue drops.
     this.#leaseConsumer = this.#connection.createConsumer({
       queue: this.#route.lease,
       queueOptions: this.#leaseQueueOptions(),
@@ -306,8 +307,11 @@ export class BindingManager extends EventEmitter {
     for (const key of [...this.#waiters.keys()]) this.#wake(key)
     await this.#consumer.close()
     await this.#leaseConsumer.close()
+    // An attach stops at its next step once closing is set; wait for it, so that it
+    // declares nothing after the deletes below.
+    await this.#attaching
     // Leaving now, not when the lease runs out, spares the broker routing to a dead end.
-    // Unreachable broker: the lease expiry removes both.
+    // Unreachable broker: the lease expiry removes all three.
     if (this.#connection.ready) {
       await withTimeout(this.#connection.exchangeDelete({ exchange: this.#route.exchange }), CLOSE_RPC_MS)
         .catch((err: unknown) => this.#log.warn({ err }, 'could not delete the route; it goes when its lease expires'))
@@ -331,8 +335,10 @@ export class BindingManager extends EventEmitter {
   }
 
   #leaseQueueOptions () {
-    // Capped: only the count of dropped deliveries matters, never their content.
-    return { durable: true, arguments: { 'x-expires': this.#opts.leaseMs, 'x-max-length': LEASE_MAX_LENGTH } }
+    // Quorum: a classic queue is unavailable while its one node is down, and the gateway
+    // could neither attach nor be told of drops through a rolling restart. Capped: only
+    // the count of dropped deliveries matters, never their content.
+    return { durable: true, arguments: { 'x-queue-type': 'quorum' as const, 'x-expires': this.#opts.leaseMs, 'x-max-length': LEASE_MAX_LENGTH } }
   }
 
   #onDropped (): void {
@@ -353,7 +359,7 @@ export class BindingManager extends EventEmitter {
     this.#attached = false
     this.#rebindStartedAt = performance.now()
     this.#log.info({ queue, generation: this.#generation, keys: this.#refs.size }, this.#generation === 1 ? 'gateway queue ready' : 'gateway queue re-declared after reconnect; attaching it to the route')
-    void this.#attach(this.#generation)
+    this.#attaching = this.#attach(this.#generation)
   }
 
   /** Binds the current queue to the route, declaring the route first if it is gone; retried until it works or the queue changes. */
@@ -408,7 +414,8 @@ export class BindingManager extends EventEmitter {
         this.#log.warn({ route: exchange, leaseMs: this.#opts.leaseMs }, 'the route expired while disconnected; declaring it again')
       }
     }
-    if (generation !== this.#generation) return undefined
+    const stale = () => generation !== this.#generation || this.#closing !== undefined
+    if (stale()) return undefined
     this.#newRoute()
     // A route left without its holder could still hold keys we no longer track.
     await c.exchangeDelete({ exchange }).catch((err: unknown) => { if ((err as { code?: string }).code !== 'NOT_FOUND') throw err })
@@ -417,9 +424,13 @@ export class BindingManager extends EventEmitter {
     // CPU per delivery, bench/tools/route-cost.ts). The holder is a direct exchange whose
     // only binding, to the lease queue, has a key no delivery carries. Auto-delete, both:
     // when the lease queue expires the holder goes, and then the route with every key.
-    await c.exchangeDeclare({ exchange, type: 'fanout', durable: true, autoDelete: true })
+    // Each is bound as soon as it is declared: an auto-delete exchange that never had a
+    // binding is never deleted.
+    if (stale()) return undefined
     await c.exchangeDeclare({ exchange: holder, type: 'direct', durable: true, autoDelete: true })
     await c.queueBind({ queue: lease, exchange: holder, routingKey: LEASE_KEY })
+    if (stale()) return undefined
+    await c.exchangeDeclare({ exchange, type: 'fanout', durable: true, autoDelete: true })
     await c.exchangeBind({ destination: holder, source: exchange, routingKey: '' })
     return false
   }
@@ -433,6 +444,12 @@ export class BindingManager extends EventEmitter {
     this.#boundChannel = 0
     this.#dirty.clear()
     for (const key of this.#refs.keys()) this.#dirty.add(key)
+    // An operation still in flight from before may land on the new route: settle these
+    // keys again, after it (a lane never takes a key in flight).
+    for (const key of this.#inflight) {
+      this.#uncertain.add(key)
+      this.#dirty.add(key)
+    }
     this.#missing = this.#refs.size
   }
 
@@ -524,8 +541,12 @@ export class BindingManager extends EventEmitter {
       this.#counters.failures++
       if (epoch === this.#routeEpoch && this.#closing === undefined) {
         this.#log.warn({ err, key, op: want ? 'bind' : 'unbind' }, 'binding operation failed; will retry')
-        // A bind may have reached the broker without its answer reaching us.
-        if (want) this.#uncertain.add(key)
+        // The operation may have reached the broker without its answer reaching us: the
+        // key's state is unknown until an operation on it succeeds. An unbind that did
+        // happen must not leave the key counted as bound (a re-acquire would then bind
+        // nothing).
+        if (!want) this.#setUnbound(key, false)
+        this.#uncertain.add(key)
         this.#dirty.add(key)
       }
       lane.channel = undefined
@@ -559,9 +580,9 @@ export class BindingManager extends EventEmitter {
     }
   }
 
-  #setUnbound (key: string): void {
+  #setUnbound (key: string, done = true): void {
     if (!this.#bound.delete(key)) return
-    this.#counters.unbinds++
+    if (done) this.#counters.unbinds++
     if (keyKind(key) === 'user') this.#boundUser--
     else this.#boundChannel--
     // Re-acquired while the unbind was in flight: it must be bound again.

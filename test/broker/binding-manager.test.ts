@@ -120,6 +120,29 @@ t.test('keys taken and dropped while disconnected are bound and unbound once bac
   t.match(manager.stats(), { routes: 1, boundUserKeys: 2, boundChannelKeys: 0 })
 })
 
+t.test('an unbind the broker did but whose answer was lost: a key taken again meanwhile is bound again', async (t) => {
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const { manager, keysOnBroker, received } = await setup(t, { proxy })
+  await manager.acquire('user:k')
+  proxy.stall(true)
+  manager.release('user:k')
+  await waitUntil(async () => (await keysOnBroker()).length === 0, 10_000, 'the broker did the unbind')
+  proxy.refuse(true)
+  proxy.cut()
+  await waitUntil(() => !manager.settled, 5000, 'unsettled after the cut')
+  const again = manager.acquire('user:k')
+  proxy.refuse(false)
+  await again
+  await waitUntil(() => manager.settled, 20_000, 'settled')
+  t.same(await keysOnBroker(), ['user:k'], 'bound on the broker, not only in our books')
+  const direct = new Connection({ url })
+  t.teardown(() => direct.close())
+  const pub = direct.createPublisher({ confirm: true })
+  t.teardown(() => pub.close())
+  await pub.send({ exchange: EXCHANGE, routingKey: 'user:k' }, { to: 'k' })
+  await waitUntil(() => received.some((m) => (m.body as { to?: string }).to === 'k'), 5000, 'delivered')
+})
+
 t.test('an outage longer than the lease: the broker drops the route, the gateway declares it again and binds every key', async (t) => {
   const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
   const { manager, keysOnBroker, routeExists, exchanges, route } = await setup(t, { proxy, leaseMs: 1000 })
