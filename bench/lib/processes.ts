@@ -38,6 +38,8 @@ export interface ProcessOptions {
   logDir: string
   /** node --cpu-prof into logDir/prof. */
   cpuProfile?: boolean
+  /** Flags for node itself, for those NODE_OPTIONS refuses (e.g. --optimize-for-size). */
+  nodeArgs?: string[]
   /**
    * node --heapsnapshot-signal=SIGWINCH: `kill -WINCH` writes a heap snapshot into
    * logDir. (SIGUSR2 ends a gateway started by the fastify CLI; SIGWINCH does not.)
@@ -80,7 +82,7 @@ function start (name: string, args: string[], env: Record<string, string>, url: 
   mkdirSync(opts.logDir, { recursive: true })
   const log = join(opts.logDir, `${name}.log`)
   const fd = openSync(log, 'a')
-  const nodeArgs = opts.cpuProfile === true ? ['--cpu-prof', '--cpu-prof-dir', join(opts.logDir, 'prof'), '--cpu-prof-name', `${name}.cpuprofile`] : []
+  const nodeArgs = [...(opts.nodeArgs ?? []), ...(opts.cpuProfile === true ? ['--cpu-prof', '--cpu-prof-dir', join(opts.logDir, 'prof'), '--cpu-prof-name', `${name}.cpuprofile`] : [])]
   if (opts.heapSnapshots === true) nodeArgs.push('--heapsnapshot-signal=SIGWINCH', `--diagnostic-dir=${opts.logDir}`)
   const child = spawn(process.execPath, [...nodeArgs, ...args], {
     cwd,

@@ -41,7 +41,8 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
   const popts = { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }
   // The worker first: gateways' session.open needs it.
   const worker = opts.worker === false ? undefined : await startWorker(`${tag}-worker`, env, popts, opts.workerEnv)
-  const gatewayOpts = { ...popts, heapSnapshots: opts.heapSnapshots === true }
+  const gatewayNodeArgs = typeof ctx.opts['gateway-node-args'] === 'string' ? ctx.opts['gateway-node-args'].split(' ').filter((a) => a !== '') : []
+  const gatewayOpts = { ...popts, nodeArgs: gatewayNodeArgs, heapSnapshots: opts.heapSnapshots === true }
   let proxy: TcpProxy | undefined
   let gatewaySys = env
   if (opts.proxy === true) {

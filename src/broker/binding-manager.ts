@@ -32,8 +32,8 @@ export interface BindingManagerOptions {
   connection: Connection
   /** The durable direct exchange deliveries are routed through. */
   exchange: string
-  /** This gateway's route and lease names; unique per process (see topology.ts). */
-  route: { exchange: string, holder: string, lease: string }
+  /** This gateway's route, lease and drops names; unique per process (see topology.ts). */
+  route: { exchange: string, holder: string, lease: string, drops: string }
   /** Called synchronously for every delivery (the queue is consumed without acks). */
   onMessage: (msg: AsyncMessage) => void
   log: Logger
@@ -93,17 +93,22 @@ export class BindingManager extends EventEmitter {
   readonly #opts: Required<Omit<BindingManagerOptions, 'connection' | 'onMessage' | 'log' | 'exchange' | 'route'>>
   readonly #connection: Connection
   readonly #exchange: string
-  readonly #route: { exchange: string, holder: string, lease: string }
+  readonly #route: { exchange: string, holder: string, lease: string, drops: string }
   readonly #log: Logger
   readonly #consumer: Consumer
   /** Holds the lease: consuming keeps `x-expires` from counting while we are connected. */
   readonly #leaseConsumer: Consumer
+  /** Hears of deliveries the full queue dropped. */
+  readonly #dropsConsumer: Consumer
 
   /** Local references per key; only keys with a count > 0 are present. */
   readonly #refs = new Map<string, number>()
   /** Keys bound on the route → logical time of the bind. */
   readonly #bound = new Map<string, number>()
-  /** Unreferenced keys whose bind failed without an answer: they may be bound, so unbind them. */
+  /**
+   * Keys whose last operation failed without an answer (or was in flight when the route
+   * was declared anew): never counted as bound; bound again if wanted, unbound if not.
+   */
   readonly #uncertain = new Set<string>()
   readonly #dirty = new Set<string>()
   readonly #inflight = new Set<string>()
@@ -156,13 +161,13 @@ export class BindingManager extends EventEmitter {
         durable: false,
         // drop-head, not reject-publish: a rejecting queue would nack the worker's
         // publish and make it retry deliveries other gateways already got. What it drops
-        // is dead-lettered to the lease queue, which we consume: the gateway learns that
+        // is dead-lettered to the drops queue, which we consume: the gateway learns that
         // it lost deliveries and re-reads what it cannot know otherwise.
         arguments: {
           'x-max-length': this.#opts.maxQueueLength,
           'x-overflow': 'drop-head',
           'x-dead-letter-exchange': '',
-          'x-dead-letter-routing-key': this.#route.lease
+          'x-dead-letter-routing-key': this.#route.drops
         }
       },
       // No acks: the queue is exclusive and dies with us, so an ack protects nothing
@@ -174,15 +179,26 @@ export class BindingManager extends EventEmitter {
     }, (msg) => { onMessage(msg) })
     this.#consumer.on('ready', () => this.#onQueueReady())
     this.#consumer.on('error', (err) => this.#log.warn({ err }, 'gateway queue consumer error'))
-    // No delivery is routed to the lease queue (its one binding's key is never a user or
-    // channel key); it receives only what the full gateway queue drops.
+    // Nothing is ever routed to the lease queue: its one binding's key is never a user or
+    // channel key.
     this.#leaseConsumer = this.#connection.createConsumer({
       queue: this.#route.lease,
       queueOptions: this.#leaseQueueOptions(),
       noAck: true,
       requeue: false
-    }, () => { this.#onDropped() })
+    }, () => {})
     this.#leaseConsumer.on('error', (err) => this.#log.warn({ err }, 'route lease consumer error'))
+    // Only the fact of a drop matters, not what was dropped: the queue keeps one, so an
+    // overloaded gateway and broker are not handed a second copy of what they could not
+    // take (the connection is backed up when the main queue overflows). Exclusive and
+    // transient, so a drop costs the broker next to nothing.
+    this.#dropsConsumer = this.#connection.createConsumer({
+      queue: this.#route.drops,
+      queueOptions: { exclusive: true, autoDelete: true, durable: false, arguments: { 'x-max-length': 1 } },
+      noAck: true,
+      requeue: false
+    }, () => { this.#onDropped() })
+    this.#dropsConsumer.on('error', (err) => this.#log.warn({ err }, 'drops consumer error'))
   }
 
   /** Takes a reference on `key`; resolves once the key is bound (or no longer wanted). */
@@ -306,10 +322,12 @@ export class BindingManager extends EventEmitter {
     this.#dirty.clear()
     for (const key of [...this.#waiters.keys()]) this.#wake(key)
     await this.#consumer.close()
+    await this.#dropsConsumer.close()
     await this.#leaseConsumer.close()
     // An attach stops at its next step once closing is set; wait for it, so that it
-    // declares nothing after the deletes below.
-    await this.#attaching
+    // declares nothing after the deletes below (bounded: a step may wait for a broker
+    // that is not coming back).
+    await withTimeout(this.#attaching, 3 * CLOSE_RPC_MS).catch(() => {})
     // Leaving now, not when the lease runs out, spares the broker routing to a dead end.
     // Unreachable broker: the lease expiry removes all three.
     if (this.#connection.ready) {
@@ -336,9 +354,8 @@ export class BindingManager extends EventEmitter {
 
   #leaseQueueOptions () {
     // Quorum: a classic queue is unavailable while its one node is down, and the gateway
-    // could neither attach nor be told of drops through a rolling restart. Capped: only
-    // the count of dropped deliveries matters, never their content.
-    return { durable: true, arguments: { 'x-queue-type': 'quorum' as const, 'x-expires': this.#opts.leaseMs, 'x-max-length': LEASE_MAX_LENGTH } }
+    // could not attach through a rolling restart of a clustered broker.
+    return { durable: true, arguments: { 'x-queue-type': 'quorum' as const, 'x-expires': this.#opts.leaseMs } }
   }
 
   #onDropped (): void {
@@ -599,9 +616,6 @@ export class BindingManager extends EventEmitter {
 
 /** The lease queue's binding key on the holder: never a `user:` or `channel:` key, so it routes nothing. */
 const LEASE_KEY = 'lease'
-
-/** Dropped deliveries kept in the lease queue while the gateway is too busy to take them. */
-const LEASE_MAX_LENGTH = 1000
 
 /** Bound on each broker call made while closing. */
 const CLOSE_RPC_MS = 2000

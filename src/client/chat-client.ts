@@ -262,7 +262,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     this.#reconnectTimer = setTimeout(() => { void this.#open() }, delayMs ?? this.#backoff(this.#failures))
   }
 
-  /** The gateway re-bound after a broker outage: catch up every channel that moved. */
+  /** Live delivery may have missed messages (the gateway re-bound after a broker outage, or its full queue dropped deliveries): catch up every channel that moved. */
   #resync (socket: ClientSocket): void {
     this.#later(Math.floor(Math.random() * this.#o.resyncJitterMs), async () => {
       if (this.#gate.current !== socket) return // a new session catches up anyway

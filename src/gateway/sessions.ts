@@ -33,7 +33,7 @@ interface LocalUser {
   listedAt: number
 }
 
-/** Users per memberships.list request when re-reading after a broker outage. */
+/** Users per memberships.list request when re-reading after lost deliveries (a broker outage, a full queue). */
 const RESYNC_CHUNK = 500
 
 export interface SessionsOptions {

@@ -8,6 +8,7 @@ import { createTokenVerifier } from '../gateway/auth.js'
 import { createDeliveryHandler } from '../gateway/deliveries.js'
 import { drainSockets } from '../gateway/drain.js'
 import { RecentBuckets } from '../gateway/buckets.js'
+import { createRecovery } from '../gateway/recovery.js'
 import { sweepSockets } from '../gateway/sweep.js'
 import type { AppSocket } from '../gateway/types.js'
 import type { GatewayContext } from '../gateway/context.js'
@@ -34,9 +35,6 @@ export interface GatewayPluginOptions {
   defaultMetrics?: boolean
 }
 
-/** Quiet time after the last dropped delivery before the gateway recovers from the drops. */
-const DROP_QUIET_MS = 1000
-
 export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = true }) => {
   const io = app.io
   const log = app.log
@@ -53,44 +51,21 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
     metrics.bindOps.inc({ op })
     metrics.bindLatency.observe({ op }, durationMs / 1000)
   })
+  const recovery = createRecovery({ io, sessions, log, stopped: () => draining })
+  app.addHook('onClose', async () => { recovery.close() })
   app.bindings.on('rebound', ({ generation, durationMs }) => {
     metrics.rebind.observe(durationMs / 1000)
     // The old queue died with the connection, and whatever was routed while no queue was
     // attached is gone, joined/left notices included; connected sockets cannot know.
-    if (generation > 1) void resync('BROKER_RECONNECTED')
+    if (generation > 1) recovery.outage()
   })
   // The same loss without an outage: the queue was full and the broker dropped its
-  // oldest deliveries. Wait until the drops stop, then recover as after an outage.
-  let dropQuiet: NodeJS.Timeout | undefined
+  // oldest deliveries.
   app.bindings.on('dropped', ({ count }) => {
     metrics.deliveriesDropped.inc(count)
     log.warn({ count }, 'the gateway queue was full: the broker dropped deliveries')
-    clearTimeout(dropQuiet)
-    dropQuiet = setTimeout(() => { void resync('DELIVERIES_DROPPED') }, DROP_QUIET_MS).unref()
+    recovery.dropped()
   })
-  app.addHook('onClose', async () => { clearTimeout(dropQuiet) })
-  let latestResync = 0
-  // First re-read what the users belong to, then tell the sockets, whose history
-  // fetches from here on cover the hole (docs/PROTOCOL.md, recovery flow). A newer
-  // request supersedes an older one still retrying.
-  async function resync (reason: 'BROKER_RECONNECTED' | 'DELIVERIES_DROPPED'): Promise<void> {
-    const id = ++latestResync
-    for (let attempt = 0; ; attempt++) {
-      if (id !== latestResync || draining) return
-      try {
-        const started = performance.now()
-        const { users } = await sessions.resync()
-        log.info({ users, reason, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships')
-        break
-      } catch (err) {
-        // Until it succeeds (a worker restarting, a broker alarm): giving up would leave
-        // memberships stale for as long as the users stay connected.
-        log.warn({ err, attempt, reason }, 'could not re-read channel memberships; retrying')
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** Math.min(attempt, 5))).unref())
-      }
-    }
-    if (id === latestResync) io.local.emit('session:resync', { reason })
-  }
   app.deliveries.handle = createDeliveryHandler(io, sessions, metrics, log)
   const dispatch = createDispatcher(ctx, routes)
   const buckets = new RecentBuckets(config.SOCKET_RATE_PER_SEC, config.SOCKET_RATE_BURST)

@@ -41,7 +41,7 @@ t.test('a reconnect whose last missing key is released still emits rebound', asy
     },
     exchangeBind: async () => {}
   }
-  const manager = new BindingManager({ connection: connection as unknown as Connection, exchange: 'x', route: { exchange: 'x.gateway.1', holder: 'x.gateway.1.holder', lease: 'x.gateway.1.lease' }, onMessage: () => {}, log: silentLogger, poolSize: 4, unbindGraceMs: 0 })
+  const manager = new BindingManager({ connection: connection as unknown as Connection, exchange: 'x', route: { exchange: 'x.gateway.1', holder: 'x.gateway.1.holder', lease: 'x.gateway.1.lease', drops: 'x.gateway.1.drops' }, onMessage: () => {}, log: silentLogger, poolSize: 4, unbindGraceMs: 0 })
   t.teardown(() => manager.close())
   const rebounds: number[] = []
   manager.on('rebound', ({ generation }: { generation: number }) => rebounds.push(generation))

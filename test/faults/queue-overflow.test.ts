@@ -1,7 +1,7 @@
 /**
  * A gateway falls so far behind that its queue fills (GATEWAY_QUEUE_MAX_LENGTH) and the
  * broker drops the oldest deliveries, here a `joined` notice among them. The gateway
- * learns of the drops (they are dead-lettered to its lease queue), re-reads its users'
+ * learns of the drops (they are dead-lettered to its drops queue), re-reads its users'
  * channels, announces the channel it never heard of and tells its sockets to catch up.
  * The proxy stalls what the broker sends the gateway: a consumer too slow to keep up.
  */
@@ -49,9 +49,13 @@ t.test('dropped deliveries: the gateway re-reads memberships and tells its socke
   // The joined notice for alice is now in her gateway's queue; push it out of the cap.
   await flood(2000)
   proxy.stall(false)
+  const unstalledAt = performance.now()
 
   const joined = await alice.waitFor<{ channel: { id: string } }>('channel:joined', (j) => j.channel.id === channelId, 20_000)
   t.equal(joined.channel.id, channelId, 'the channel whose notice was dropped is announced after all')
+  // The gateway re-reads a second after the last drop; a notice that had survived would
+  // have come with the backlog at once.
+  t.ok(performance.now() - unstalledAt >= 800, 'announced by the re-read, not by the notice')
   const resync = await alice.waitFor<{ reason: string }>('session:resync', undefined, 20_000)
   t.equal(resync.reason, 'DELIVERIES_DROPPED')
   const metrics = parsePrometheus(await (await fetch(`${slow.url}/metrics`)).text())
