@@ -76,7 +76,7 @@ export function createRecovery (o: RecoveryOptions) {
       again = merge(again, reason)
       return
     }
-    void run(reason)
+    run(reason).catch((err: unknown) => { o.log.error({ err, reason }, 'recovery after lost deliveries failed') })
   }
 
   return {
