@@ -161,13 +161,12 @@ export class BindingManager extends EventEmitter {
         durable: false,
         // drop-head, not reject-publish: a rejecting queue would nack the worker's
         // publish and make it retry deliveries other gateways already got. What it drops
-        // is dead-lettered to the drops queue, which we consume: the gateway learns that
-        // it lost deliveries and re-reads what it cannot know otherwise.
+        // is dead-lettered to the drops exchange, whose queue we consume: the gateway
+        // learns that it lost deliveries and re-reads what it cannot know otherwise.
         arguments: {
           'x-max-length': this.#opts.maxQueueLength,
           'x-overflow': 'drop-head',
-          'x-dead-letter-exchange': '',
-          'x-dead-letter-routing-key': this.#route.drops
+          'x-dead-letter-exchange': this.#route.drops
         }
       },
       // No acks: the queue is exclusive and dies with us, so an ack protects nothing
@@ -188,14 +187,19 @@ export class BindingManager extends EventEmitter {
       requeue: false
     }, () => {})
     this.#leaseConsumer.on('error', (err) => this.#log.warn({ err }, 'route lease consumer error'))
-    // Only the fact of a drop matters, not what was dropped: the queue keeps one, so an
-    // overloaded gateway and broker are not handed a second copy of what they could not
-    // take (the connection is backed up when the main queue overflows). Exclusive and
-    // transient, so a drop costs the broker next to nothing.
+    // Only the fact of a drop matters, not what was dropped: the queue keeps one and we
+    // take one at a time (prefetch 1, acked), so an overloaded gateway and broker are not
+    // handed a second copy of what they could not take. Exclusive and transient, so a
+    // drop costs the broker next to nothing. Server-named behind an exchange, like the
+    // main queue: a fixed name would be locked by the previous connection's queue until
+    // the broker notices that connection died, and drops meanwhile would go unheard.
     this.#dropsConsumer = this.#connection.createConsumer({
-      queue: this.#route.drops,
+      queue: '',
       queueOptions: { exclusive: true, autoDelete: true, durable: false, arguments: { 'x-max-length': 1 } },
-      noAck: true,
+      exchanges: [{ exchange: this.#route.drops, type: 'fanout', durable: false, autoDelete: true }],
+      // No queue name: the queue just declared on the consumer's channel.
+      queueBindings: [{ exchange: this.#route.drops, routingKey: '' }],
+      qos: { prefetchCount: 1 },
       requeue: false
     }, () => { this.#onDropped() })
     this.#dropsConsumer.on('error', (err) => this.#log.warn({ err }, 'drops consumer error'))

@@ -24,14 +24,14 @@ export function brokerNames (prefix: string) {
     /**
      * A gateway's route (an auto-delete fanout exchange bound with its `user:`/`channel:`
      * keys, feeding its queue), the route's holder exchange, the lease queue that keeps
-     * both through short outages, and the queue its queue dead-letters drops to. `id` must be unique per process: a restarted
-     * gateway must not adopt its predecessor's keys.
+     * both through short outages, and the exchange its queue dead-letters drops to. `id`
+     * must be unique per process: a restarted gateway must not adopt its predecessor's keys.
      */
     gatewayRoute: (id: string) => ({
       exchange: `${prefix}.gateway.${id}`,
       holder: `${prefix}.gateway.${id}.holder`,
       lease: `${prefix}.gateway.${id}.lease`,
-      /** Exclusive queue that hears of deliveries the gateway's full queue dropped. */
+      /** Auto-delete fanout exchange to which the gateway's full queue dead-letters what it drops. */
       drops: `${prefix}.gateway.${id}.drops`
     })
   }

@@ -33,6 +33,7 @@ export function createRecovery (o: RecoveryOptions) {
   const quietMs = o.quietMs ?? 1000
   const maxWaitMs = o.maxWaitMs ?? 10_000
   let running = false
+  let closed = false
   let again: ResyncReason | undefined
   let firstDropAt: number | undefined
   let timer: NodeJS.Timeout | undefined
@@ -63,7 +64,12 @@ export function createRecovery (o: RecoveryOptions) {
       for (let next: ResyncReason | undefined = reason; next !== undefined;) {
         again = undefined
         if (!await reread(next)) return
-        o.io.local.emit('session:resync', { reason: next })
+        try {
+          o.io.local.emit('session:resync', { reason: next })
+        } catch (err) {
+          // The memberships are right; a request made meanwhile still gets its pass.
+          o.log.error({ err, reason: next }, 'could not tell the sockets to catch up')
+        }
         next = again
       }
     } finally {
@@ -72,6 +78,7 @@ export function createRecovery (o: RecoveryOptions) {
   }
 
   function request (reason: ResyncReason): void {
+    if (closed) return
     if (running) {
       again = merge(again, reason)
       return
@@ -84,6 +91,7 @@ export function createRecovery (o: RecoveryOptions) {
     outage (): void { request('BROKER_RECONNECTED') },
     /** The broker reported deliveries dropped from the full queue. */
     dropped (): void {
+      if (closed) return
       const now = performance.now()
       firstDropAt ??= now
       clearTimeout(timer)
@@ -92,6 +100,9 @@ export function createRecovery (o: RecoveryOptions) {
         request('DELIVERIES_DROPPED')
       }, Math.max(0, Math.min(quietMs, firstDropAt + maxWaitMs - now))).unref()
     },
-    close (): void { clearTimeout(timer) }
+    close (): void {
+      closed = true
+      clearTimeout(timer)
+    }
   }
 }

@@ -9,14 +9,14 @@ import { sleep, waitUntil } from '../helpers/system.js'
 const { vhost, url } = await createVhost(t)
 const EXCHANGE = 'bm.outgoing'
 
-async function setup (t: Test, opts: { unbindGraceMs?: number, poolSize?: number, leaseMs?: number, proxy?: TcpProxy } = {}) {
+async function setup (t: Test, opts: { unbindGraceMs?: number, poolSize?: number, leaseMs?: number, maxQueueLength?: number, proxy?: TcpProxy } = {}) {
   const name = `bm-${Math.random().toString(36).slice(2, 8)}`
   const connection = new Connection({ url: opts.proxy === undefined ? url : viaProxy(url, opts.proxy), connectionName: name, retryLow: 100, retryHigh: 500 })
   connection.on('error', () => {})
   await connection.exchangeDeclare({ exchange: EXCHANGE, type: 'direct', durable: true })
   const received: AsyncMessage[] = []
   const route = { exchange: `bm.gateway.${name}`, holder: `bm.gateway.${name}.holder`, lease: `bm.gateway.${name}.lease`, drops: `bm.gateway.${name}.drops` }
-  const manager = new BindingManager({ connection, exchange: EXCHANGE, route, onMessage: (m) => received.push(m), log: silentLogger, unbindGraceMs: opts.unbindGraceMs ?? 0, poolSize: opts.poolSize ?? 4, leaseMs: opts.leaseMs })
+  const manager = new BindingManager({ connection, exchange: EXCHANGE, route, onMessage: (m) => received.push(m), log: silentLogger, unbindGraceMs: opts.unbindGraceMs ?? 0, poolSize: opts.poolSize ?? 4, leaseMs: opts.leaseMs, maxQueueLength: opts.maxQueueLength })
   t.teardown(async () => {
     await manager.close()
     await connection.close()
@@ -160,6 +160,36 @@ t.test('an outage longer than the lease: the broker drops the route, the gateway
   t.same(await keysOnBroker(), [...keys].sort(), 'every key bound again on the new route')
   t.match(rebound, { routeKept: false })
   t.match(manager.stats(), { routes: 2, binds: 6, missing: 0 })
+})
+
+t.test('a full queue reports what it drops, also after a reconnect', async (t) => {
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const { manager } = await setup(t, { proxy, maxQueueLength: 10 })
+  await manager.acquire('user:slow')
+  const direct = new Connection({ url })
+  t.teardown(() => direct.close())
+  const pub = direct.createPublisher({ confirm: true })
+  t.teardown(() => pub.close())
+  let dropped = 0
+  manager.on('dropped', ({ count }) => { dropped += count })
+  const overflow = async () => {
+    proxy.stall(true)
+    // More than the TCP buffers between broker and manager hold, so the queue fills.
+    const body = { pad: 'x'.repeat(64 * 1024) }
+    for (let i = 0; i < 400; i += 50) await Promise.all(Array.from({ length: 50 }, () => pub.send({ exchange: EXCHANGE, routingKey: 'user:slow' }, body)))
+    proxy.stall(false)
+  }
+  await overflow()
+  await waitUntil(() => dropped > 0, 10_000, 'drops reported')
+  t.ok(dropped >= 1, `heard of ${dropped} drops (the drops queue keeps one at a time)`)
+  t.ok(manager.stats().dropped >= 1)
+
+  proxy.cut()
+  await waitUntil(() => !manager.settled, 5000, 'unsettled after the cut')
+  await waitUntil(() => manager.settled, 20_000, 'settled again')
+  const before = dropped
+  await overflow()
+  await waitUntil(() => dropped > before, 10_000, 'drops reported after the reconnect')
 })
 
 t.test('close deletes the route and its lease; nothing is left on the broker', async (t) => {

@@ -11,7 +11,7 @@ import type { AppIo } from '../../src/gateway/types.js'
 import { silentLogger } from '../../src/log.js'
 import { sleep } from '../helpers/system.js'
 
-function harness (opts: { rereadMs: number, quietMs?: number, maxWaitMs?: number }) {
+function harness (opts: { rereadMs: number, quietMs?: number, maxWaitMs?: number, stopped?: () => boolean }) {
   const emits: string[] = []
   let running = 0
   let maxRunning = 0
@@ -27,7 +27,7 @@ function harness (opts: { rereadMs: number, quietMs?: number, maxWaitMs?: number
       return { users: 1 }
     }
   }
-  const recovery = createRecovery({ io, sessions, log: silentLogger, stopped: () => false, quietMs: opts.quietMs ?? 100, maxWaitMs: opts.maxWaitMs ?? 1000 })
+  const recovery = createRecovery({ io, sessions, log: silentLogger, stopped: opts.stopped ?? (() => false), quietMs: opts.quietMs ?? 100, maxWaitMs: opts.maxWaitMs ?? 1000 })
   t.teardown(() => recovery.close())
   return { recovery, emits, stats: () => ({ passes, maxRunning }) }
 }
@@ -65,4 +65,32 @@ t.test('an outage during a drop pass: another pass after it, as BROKER_RECONNECT
   await sleep(1000)
   t.same(emits, ['DELIVERIES_DROPPED', 'BROKER_RECONNECTED'])
   t.equal(stats().maxRunning, 1)
+})
+
+t.test('an outage and drops during the same pass: the next pass says BROKER_RECONNECTED', async (t) => {
+  const { recovery, emits } = harness({ rereadMs: 300, quietMs: 10 })
+  recovery.dropped()
+  await sleep(100)
+  recovery.outage()
+  recovery.dropped()
+  await sleep(150)
+  await sleep(1000)
+  t.same(emits, ['DELIVERIES_DROPPED', 'BROKER_RECONNECTED'], 'one more pass, with the stronger reason')
+})
+
+t.test('while the gateway drains, and after close, nothing is re-read', async (t) => {
+  let draining = true
+  const { recovery, emits, stats } = harness({ rereadMs: 10, quietMs: 10, stopped: () => draining })
+  recovery.outage()
+  recovery.dropped()
+  await sleep(200)
+  t.equal(stats().passes, 0, 'no pass while stopped')
+  draining = false
+  recovery.dropped()
+  recovery.close()
+  await sleep(200)
+  recovery.outage()
+  await sleep(100)
+  t.same(emits, [], 'a drop timer set before close does not fire, requests after close are ignored')
+  t.equal(stats().passes, 0)
 })
