@@ -8,6 +8,15 @@ import { sleep, waitUntil } from '../helpers/system.js'
 
 const { vhost, url } = await createVhost(t)
 const EXCHANGE = 'bm.outgoing'
+// Deliveries come from a connection of the test's own, never through a test's proxy.
+const direct = new Connection({ url })
+direct.on('error', () => {})
+const publisher = direct.createPublisher({ confirm: true })
+t.teardown(async () => {
+  await publisher.close()
+  await direct.close()
+})
+const publish = (routingKey: string, body: unknown) => publisher.send({ exchange: EXCHANGE, routingKey }, body)
 
 async function setup (t: Test, opts: { unbindGraceMs?: number, poolSize?: number, leaseMs?: number, maxQueueLength?: number, proxy?: TcpProxy } = {}) {
   const name = `bm-${Math.random().toString(36).slice(2, 8)}`
@@ -47,12 +56,10 @@ t.test('keys are refcounted: one binding for many references, unbound at zero', 
 })
 
 t.test('deliveries routed to a bound key reach the handler; others do not', async (t) => {
-  const { connection, manager, received } = await setup(t)
+  const { manager, received } = await setup(t)
   await manager.acquire('user:x')
-  const pub = connection.createPublisher({ confirm: true })
-  t.teardown(() => pub.close())
-  await pub.send({ exchange: EXCHANGE, routingKey: 'user:x' }, { hello: 'x' })
-  await pub.send({ exchange: EXCHANGE, routingKey: 'user:y' }, { hello: 'y' })
+  await publish('user:x', { hello: 'x' })
+  await publish('user:y', { hello: 'y' })
   await waitUntil(() => received.length >= 1)
   await sleep(200)
   t.same(received.map((m) => m.body), [{ hello: 'x' }])
@@ -74,7 +81,7 @@ t.test('a lazy unbind absorbs a quick re-acquire', async (t) => {
 })
 
 t.test('after a broker connection loss, the keys wait on the route and one bind attaches the new queue', async (t) => {
-  const { manager, keysOnBroker, routeQueues, name, connection, received } = await setup(t, { poolSize: 8 })
+  const { manager, keysOnBroker, routeQueues, name, received } = await setup(t, { poolSize: 8 })
   const keys = Array.from({ length: 300 }, (_, i) => (i % 3 === 0 ? `channel:${i}` : `user:u${i}`))
   await Promise.all(keys.map((k) => manager.acquire(k)))
   const before = manager.queue
@@ -93,9 +100,7 @@ t.test('after a broker connection loss, the keys wait on the route and one bind 
   t.match(rebound, { keys: 300, routeKept: true })
   t.match(manager.stats(), { desired: 300, missing: 0, generation: 2, routes: 1, binds: 300 }, 'no key was bound twice')
 
-  const pub = connection.createPublisher({ confirm: true })
-  t.teardown(() => pub.close())
-  await pub.send({ exchange: EXCHANGE, routingKey: 'user:u1' }, { after: 'reconnect' })
+  await publish('user:u1', { after: 'reconnect' })
   await waitUntil(() => received.some((m) => (m.body as { after?: string }).after === 'reconnect'), 5000, 'a delivery after the reconnect')
 })
 
@@ -135,11 +140,7 @@ t.test('an unbind the broker did but whose answer was lost: a key taken again me
   await again
   await waitUntil(() => manager.settled, 20_000, 'settled')
   t.same(await keysOnBroker(), ['user:k'], 'bound on the broker, not only in our books')
-  const direct = new Connection({ url })
-  t.teardown(() => direct.close())
-  const pub = direct.createPublisher({ confirm: true })
-  t.teardown(() => pub.close())
-  await pub.send({ exchange: EXCHANGE, routingKey: 'user:k' }, { to: 'k' })
+  await publish('user:k', { to: 'k' })
   await waitUntil(() => received.some((m) => (m.body as { to?: string }).to === 'k'), 5000, 'delivered')
 })
 
@@ -166,17 +167,13 @@ t.test('a full queue reports what it drops, also after a reconnect', async (t) =
   const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
   const { manager } = await setup(t, { proxy, maxQueueLength: 10 })
   await manager.acquire('user:slow')
-  const direct = new Connection({ url })
-  t.teardown(() => direct.close())
-  const pub = direct.createPublisher({ confirm: true })
-  t.teardown(() => pub.close())
   let dropped = 0
   manager.on('dropped', ({ count }) => { dropped += count })
   const overflow = async () => {
     proxy.stall(true)
     // More than the TCP buffers between broker and manager hold, so the queue fills.
     const body = { pad: 'x'.repeat(64 * 1024) }
-    for (let i = 0; i < 400; i += 50) await Promise.all(Array.from({ length: 50 }, () => pub.send({ exchange: EXCHANGE, routingKey: 'user:slow' }, body)))
+    for (let i = 0; i < 400; i += 50) await Promise.all(Array.from({ length: 50 }, () => publish('user:slow', body)))
     proxy.stall(false)
   }
   await overflow()
