@@ -87,6 +87,7 @@ export const ConfigSchema = Type.Object({
   }),
   DATA_DIR: Type.String({ description: 'Where the embedded database lives when DATABASE_URL is unset; created and migrated automatically. One process at a time.', default: '.data', minLength: 1 }),
   DB_POOL_MAX: Int('Connections in the worker\'s PostgreSQL pool.', 10, 1, 1000),
+  DB_PREPARE: Type.Boolean({ description: 'Let the worker prepare its batch statement once per connection (one round trip per batch instead of two). Turn off behind a connection pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).', default: true }),
   DB_TIMEOUT_MS: Int('A batch or read that takes longer counts as a database outage: the worker turns unready and retries (the work is idempotent). Keep it under 15 s: a stopping worker waits for its batch, and exits anyway (status 1, the broker requeues) 25 s after the signal.', 10_000, 100, 600_000),
   WORKER_PREFETCH: Int('Unacked messages the worker holds; bounds its memory and the batches in flight.', 500, 1, 65_535),
   WORKER_BATCH_MAX: Int('Most messages persisted in one transaction.', 250, 1, 10_000),

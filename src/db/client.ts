@@ -6,6 +6,7 @@
  */
 import { mkdirSync } from 'node:fs'
 import { PGlite } from '@electric-sql/pglite'
+import { sql } from 'drizzle-orm'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
@@ -27,6 +28,11 @@ export interface DatabaseHandle {
 
 export interface OpenDatabaseOptions {
   url: string
+  /**
+   * Let postgres.js prepare statements (once per connection). Off behind a pooler in
+   * transaction mode that cannot keep them (PgBouncer before 1.21). @default true
+   */
+  prepare?: boolean
   /** Pool size. @default 10 */
   max?: number
   /** Seconds before a connection attempt gives up. @default 5 */
@@ -37,6 +43,7 @@ export interface OpenDatabaseOptions {
 export function openDatabase (opts: OpenDatabaseOptions): DatabaseHandle {
   const client = postgres(opts.url, {
     max: opts.max ?? 10,
+    prepare: opts.prepare ?? true,
     connect_timeout: opts.connectTimeoutSeconds ?? 5,
     idle_timeout: 60,
     // NOTICEs (e.g. "relation already exists") are not worth a log line each.
@@ -73,5 +80,33 @@ export async function openEmbeddedDatabase (dataDir?: string): Promise<DatabaseH
       closing ??= client.close()
       return closing
     }
+  }
+}
+
+/** Rows of one parametrised statement ($1, $2, …), as the driver parses them. */
+export type StatementRunner = <T>(text: string, params: unknown[]) => Promise<T[]>
+
+interface PostgresJsClient { unsafe: (text: string, params: unknown[], options: { prepare: boolean }) => Promise<unknown[]> }
+
+/**
+ * Runs a statement on the database's own driver. drizzle's `execute` never prepares, so
+ * postgres.js asks the server to describe every call first: two round trips, and the
+ * statement parsed and planned again each time. Here postgres.js prepares it once per
+ * connection (unless `prepare` is off for the pool) and runs it in one round trip.
+ */
+export function statementRunner (db: Database): StatementRunner {
+  const client: unknown = (db as { $client?: unknown }).$client
+  if (client instanceof PGlite) {
+    return async <T>(text: string, params: unknown[]) => (await client.query<T>(text, params)).rows
+  }
+  if (typeof client === 'function' && typeof (client as Partial<PostgresJsClient>).unsafe === 'function') {
+    const pg = client as unknown as PostgresJsClient
+    return async <T>(text: string, params: unknown[]) => await pg.unsafe(text, params, { prepare: true }) as T[]
+  }
+  // A drizzle transaction has no client of its own: its statements go through drizzle.
+  return async <T>(text: string, params: unknown[]) => {
+    const chunks = text.split(/\$(\d+)/).map((part, i) => i % 2 === 0 ? sql.raw(part) : sql.param(params[Number(part) - 1]))
+    const result = await db.execute(sql.join(chunks)) as unknown as T[] | { rows: T[] }
+    return Array.isArray(result) ? result : result.rows
   }
 }

@@ -57,7 +57,7 @@ export interface WorkerOptions {
 export function startWorker ({ config, log, database, defaultMetrics = true }: WorkerOptions): Worker {
   const names = brokerNames(config.BROKER_PREFIX)
   const metrics = createWorkerMetrics({ server_id: config.SERVER_ID, region: config.FLY_REGION }, defaultMetrics)
-  const db = database ?? openDatabase({ url: config.DATABASE_URL, max: config.DB_POOL_MAX, applicationName: `chat-worker ${config.SERVER_ID}` })
+  const db = database ?? openDatabase({ url: config.DATABASE_URL, max: config.DB_POOL_MAX, prepare: config.DB_PREPARE, applicationName: `chat-worker ${config.SERVER_ID}` })
   const consumeConn: Connection = openConnection({ url: config.AMQP_URL, name: `worker:${config.SERVER_ID}:consume`, heartbeatSeconds: config.AMQP_HEARTBEAT_S, log })
   const publishConn: Connection = openConnection({ url: config.AMQP_URL, name: `worker:${config.SERVER_ID}:publish`, heartbeatSeconds: config.AMQP_HEARTBEAT_S, log })
   const publisher = new ConfirmedPublisher(publishConn, { exchanges: publisherTopology(names).exchanges })

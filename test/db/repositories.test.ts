@@ -34,6 +34,24 @@ for (const backend of ['postgres', 'pglite'] as const) {
   })
 }
 
+// The batch is prepared once per connection (one round trip per batch), unless the pool
+// says not to (DB_PREPARE=false, for a pooler in transaction mode): then it still works.
+t.test('postgres: the batch statement is prepared once per connection, or not at all when prepare is off', async (t) => {
+  const url = await createDatabase(t)
+  for (const prepare of [true, false]) {
+    const handle = openDatabase({ url, max: 1, prepare })
+    t.teardown(() => handle.close())
+    const repo = createMessagesRepository(handle.db)
+    for (let i = 0; i < 3; i++) {
+      const [o] = await repo.persistBatch([dm('ann', 'ben', `prepare ${String(prepare)} ${i}`)])
+      t.equal(o?.status, 'stored', `stored with prepare ${String(prepare)}`)
+    }
+    const held = await count(handle.db, sql`select count(*) as n from pg_prepared_statements where statement like '%chat_persist_batch%'`)
+    t.equal(held, prepare ? 1 : 0, prepare ? 'one prepared statement for three batches' : 'none prepared')
+    await handle.close()
+  }
+})
+
 /** `concurrent`: the database serves several connections at once (PGlite serves one). */
 async function suite (t: Test, db: Database, concurrent: boolean): Promise<void> {
   const channels = createChannelsRepository(db)

@@ -1,12 +1,12 @@
 /**
  * Messages: batched, idempotent persistence with gapless per-channel seq, and history.
  */
-import { and, asc, desc, eq, gt, lt, sql, type SQL } from 'drizzle-orm'
+import { and, asc, desc, eq, gt, lt } from 'drizzle-orm'
 import { messages } from '../../../drizzle/schema.js'
 import type { SendCommand } from '../../contracts/envelopes.js'
 import type { ChannelKind, Message } from '../../contracts/protocol.js'
 import { ClientError, type ErrorBody } from '../../errors.js'
-import type { Database } from '../client.js'
+import { statementRunner, type Database } from '../client.js'
 import { sqlState } from '../errors.js'
 import { createChannelsRepository, directKey } from './channels.js'
 
@@ -54,14 +54,12 @@ export function rawToMessage (row: RawMessage, kind: ChannelKind): Message {
 /** Raised by chat_persist_batch when a concurrent transaction stored one of the batch's messages first. */
 const CONCURRENT_INSERT_SQLSTATE = 'CH001'
 
-/** Rows of a raw statement. Drivers differ in the result's shape (postgres.js: an array), hence the cast. */
-async function rows<T> (db: Database, query: SQL): Promise<T[]> {
-  const result = await db.execute(query) as unknown as T[] | { rows: T[] }
-  return Array.isArray(result) ? result : result.rows
-}
+/** The worker's batch: parallel arrays, one element per message (see the migration). */
+const PERSIST_BATCH = 'select * from chat_persist_batch($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[])'
 
 export function createMessagesRepository (db: Database) {
   const channelsRepo = createChannelsRepository(db)
+  const run = statementRunner(db)
 
   return {
     /**
@@ -84,16 +82,17 @@ export function createMessagesRepository (db: Database) {
       })
       const unique = [...firstIndex.values()].map((i) => commands[i]!)
       // One statement, one round trip: migrations/0001_persist_batch.sql. Arrays, one per
-      // column, so the statement is the same for every batch (prepared once).
+      // column, so the statement is the same for every batch (prepared once per connection).
       let result: Array<RawMessage & { i: number | null, status: 'duplicate' | 'stored' | 'forbidden', kind: ChannelKind | null }>
       try {
-        result = await rows(db, sql`select * from chat_persist_batch(
-          ${sql.param(unique.map((c) => c.senderId))}::text[],
-          ${sql.param(unique.map((c) => c.clientMsgId))}::uuid[],
-          ${sql.param(unique.map((c) => c.toUserId ?? null))}::text[],
-          ${sql.param(unique.map((c) => c.toUserId === undefined ? c.channelId! : null))}::uuid[],
-          ${sql.param(unique.map((c) => c.toUserId !== undefined ? directKey(c.senderId, c.toUserId) : null))}::text[],
-          ${sql.param(unique.map((c) => c.content))}::text[])`)
+        result = await run(PERSIST_BATCH, [
+          unique.map((c) => c.senderId),
+          unique.map((c) => c.clientMsgId),
+          unique.map((c) => c.toUserId ?? null),
+          unique.map((c) => c.toUserId === undefined ? c.channelId! : null),
+          unique.map((c) => c.toUserId !== undefined ? directKey(c.senderId, c.toUserId) : null),
+          unique.map((c) => c.content)
+        ])
       } catch (err) {
         if (sqlState(err) === CONCURRENT_INSERT_SQLSTATE) throw new ConcurrentInsertError('a message of this batch was stored concurrently', { cause: err })
         throw err
