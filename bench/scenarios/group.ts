@@ -17,7 +17,7 @@ export async function group (ctx: RunContext): Promise<ScenarioResult> {
   const gateways = num(ctx, 'gateways', 2)
   const sizes = numList(ctx, 'sizes', [10, 100])
   const sendersPerChannel = num(ctx, 'senders', 2)
-  const steps = numList(ctx, 'deliveries', [10_000, 25_000, 50_000, 75_000], [2000, 5000])
+  const steps = numList(ctx, 'deliveries', [10_000, 25_000, 50_000, 60_000, 75_000], [2000, 5000])
   const stepMs = num(ctx, 'step', 8, 3) * 1000
 
   const sys = await createSystem(ctx, { gateways, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
