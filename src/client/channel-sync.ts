@@ -18,8 +18,8 @@ export interface ChannelSyncOptions {
   joined: (channel: ChannelSummary) => void
   left: (channelId: string) => void
   error: (err: ChatError) => void
-  /** Runs `again` after a pause if the session is still the same one. */
-  retryLater: (again: () => void) => void
+  /** Runs `again` after a pause that grows with `attempt`, if the session is still the same one. */
+  retryLater: (attempt: number, again: () => void) => void
 }
 
 export class ChannelSync {
@@ -31,6 +31,8 @@ export class ChannelSync {
   readonly #unnamed = new Set<string>()
   #sessions = 0
   #me: string | undefined
+  /** Failed catch-ups per channel in this session: each retry waits longer. */
+  readonly #failures = new Map<string, number>()
 
   constructor (options: ChannelSyncOptions) {
     this.#o = options
@@ -52,6 +54,7 @@ export class ChannelSync {
   opened (ready: SessionReady): void {
     const first = this.#sessions++ === 0
     this.#me = ready.userId
+    this.#failures.clear()
     const listed = new Set(ready.channels.map((c) => c.id))
     const before = this.#tracker.channels().map((c) => c.id)
     for (const channel of ready.channels) this.learn(channel, first)
@@ -84,7 +87,8 @@ export class ChannelSync {
   /** message:new. */
   message (m: Message): void {
     if (this.#tracker.get(m.channelId) === undefined) {
-      // A direct channel is created by its first message and announced by nothing else.
+      // A direct channel is created by its first message; its channel:joined, if this
+      // gateway sends one, may come after the message itself.
       const peerId = m.kind === 'direct' ? (m.senderId === this.#me ? m.toUserId ?? m.senderId : m.senderId) : undefined
       if (peerId !== undefined) {
         this.learn({ id: m.channelId, kind: 'direct', name: peerId, lastSeq: m.seq - 1, peerId })
@@ -104,7 +108,9 @@ export class ChannelSync {
     if (e.code === 'FORBIDDEN') return this.forget(channel.id) // no longer a member
     if (e.code === 'CLIENT_DISCONNECTED' || e.code === 'CLIENT_CLOSED') return // the next session:ready fetches again
     this.#o.error(e)
-    this.#o.retryLater(() => { void this.#tracker.fill(channel.id) })
+    const attempt = (this.#failures.get(channel.id) ?? 0) + 1
+    this.#failures.set(channel.id, attempt)
+    this.#o.retryLater(attempt, () => { void this.#tracker.fill(channel.id) })
   }
 }
 

@@ -48,6 +48,8 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   /** Events that arrived before the socket's session:ready, replayed after it (they build on its list). */
   #early: Array<() => void> = []
   #endHint: { code: string, message: string, reconnectInMs?: number } | undefined
+  /** When the hint came: `reconnectInMs` counts from it (the gateway waits it out before disconnecting). */
+  #endHintAt = 0
   #state: ConnectionState = 'idle'
   #url: string | undefined
   #attempt = 0
@@ -68,13 +70,14 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
         if (socket === undefined) throw new ChatError('CLIENT_DISCONNECTED', 'no session')
         return (await this.#request<HistoryResult>(socket, 'history:fetch', { ...target, afterSeq, limit })).messages
       },
-      message: (m) => this.emit('message', m),
-      joined: (c) => this.emit('channel:joined', c),
-      left: (id) => this.emit('channel:left', id),
+      // A listener may close the client in the middle of a catch-up: nothing after that.
+      message: (m) => { if (this.#state !== 'closed') this.emit('message', m) },
+      joined: (c) => { if (this.#state !== 'closed') this.emit('channel:joined', c) },
+      left: (id) => { if (this.#state !== 'closed') this.emit('channel:left', id) },
       error: (err) => this.emit('error', err),
-      retryLater: (again) => {
+      retryLater: (attempt, again) => {
         const socket = this.#gate.current
-        this.#later(this.#backoff(1), () => { if (socket !== undefined && this.#gate.current === socket) again() })
+        this.#later(this.#backoff(attempt), () => { if (socket !== undefined && this.#gate.current === socket) again() })
       }
     })
     if (this.#o.autoConnect) this.connect()
@@ -139,8 +142,9 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
         if (!(err instanceof ChatError)) throw err
         const transient = err.code === 'CLIENT_TIMEOUT' || err.code === 'CLIENT_DISCONNECTED' || RETRYABLE_SEND_CODES.has(err.code)
         if (!transient) throw err
-        // A disconnect waits for the next session anyway; the others back off.
-        if (err.code !== 'CLIENT_DISCONNECTED') await this.#gate.sleep(this.#backoff(attempt), options.signal)
+        // A disconnect waits for the next session anyway (unless the gate has not heard of
+        // it yet: then a pause keeps this from spinning); the others back off.
+        if (err.code !== 'CLIENT_DISCONNECTED' || this.#gate.current === socket) await this.#gate.sleep(this.#backoff(attempt), options.signal)
       }
     }
   }
@@ -184,7 +188,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     this.#setState('connecting', { url })
     let token: string
     try {
-      token = typeof this.#o.token === 'string' ? this.#o.token : await this.#o.token()
+      token = typeof this.#o.token === 'string' ? this.#o.token : await this.#withTimeout(Promise.resolve(this.#o.token()), this.#o.connectTimeoutMs, 'the token function did not settle')
     } catch (cause) {
       this.emit('error', new ChatError('CLIENT_TOKEN', 'the token function failed', { cause }))
       this.#retryLater(url, 'token function failed')
@@ -217,7 +221,11 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
         }
       })
     })
-    socket.on('session:end', (end) => { if (mine()) this.#endHint = end })
+    socket.on('session:end', (end) => {
+      if (!mine()) return
+      this.#endHint = end
+      this.#endHintAt = Date.now()
+    })
     socket.on('session:ready', (ready) => { if (mine()) this.#opened(socket, ready) })
     socket.on('session:resync', () => { if (mine()) this.#resync(socket) })
     socket.on('message:new', (m) => inSession(() => this.#sync.message(m)))
@@ -252,7 +260,8 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     }
     const hint = this.#endHint
     this.#endHint = undefined
-    this.#retryLater(this.#url, hint !== undefined ? `${hint.code}: ${hint.message}` : reason, hint?.reconnectInMs)
+    const wait = hint?.reconnectInMs === undefined ? undefined : Math.max(0, this.#endHintAt + hint.reconnectInMs - Date.now())
+    this.#retryLater(this.#url, hint !== undefined ? `${hint.code}: ${hint.message}` : reason, wait)
   }
 
   #retryLater (url: string | undefined, reason: string, delayMs?: number): void {
@@ -263,14 +272,19 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   }
 
   /** Live delivery may have missed messages (the gateway re-bound after a broker outage, or its full queue dropped deliveries): catch up every channel that moved. */
-  #resync (socket: ClientSocket): void {
-    this.#later(Math.floor(Math.random() * this.#o.resyncJitterMs), async () => {
+  #resync (socket: ClientSocket, attempt = 1): void {
+    // Jitter first, then backoff: a gateway's sockets ask right when it is busiest, and a
+    // failed list must be asked again or a quiet channel would stay behind until the next gap.
+    const delay = attempt === 1 ? Math.floor(Math.random() * this.#o.resyncJitterMs) : this.#backoff(attempt - 1)
+    this.#later(delay, async () => {
       if (this.#gate.current !== socket) return // a new session catches up anyway
       try {
         const { channels } = await this.#request<ListResult>(socket, 'channels:list', {})
         for (const channel of channels) this.#sync.learn(channel)
       } catch (err) {
-        if (this.#gate.current === socket && err instanceof ChatError) this.emit('error', err)
+        if (this.#gate.current !== socket || !(err instanceof ChatError)) return
+        this.emit('error', err)
+        this.#resync(socket, attempt + 1)
       }
     })
   }
@@ -283,10 +297,13 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   }
 
   async #request<R extends object = Record<never, never>> (socket: ClientSocket, event: Parameters<typeof request>[1], payload: object): Promise<R> {
+    // socket.io-client buffers an emit on a disconnected socket until the ack times out.
+    if (this.#isClosed()) throw new ChatError('CLIENT_CLOSED', 'the client was closed')
+    if (!socket.connected) throw new ChatError('CLIENT_DISCONNECTED', `disconnected before ${event} was sent`)
     try {
       return await request<R>(socket, event, payload, this.#o.ackTimeoutMs)
     } catch (err) {
-      if (this.#state === 'closed') throw new ChatError('CLIENT_CLOSED', 'the client was closed', { cause: err })
+      if (this.#isClosed()) throw new ChatError('CLIENT_CLOSED', 'the client was closed', { cause: err })
       throw err
     }
   }
@@ -307,6 +324,20 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   #setState (state: ConnectionState, detail: { url?: string, reason?: string }): void {
     this.#state = state
     this.emit('state', state, detail)
+  }
+
+  #isClosed (): boolean { return this.#state === 'closed' }
+
+  /** Rejects with CLIENT_TIMEOUT when `work` has not settled within `ms`. */
+  async #withTimeout<T> (work: Promise<T>, ms: number, what: string): Promise<T> {
+    let timer: Timer | undefined
+    try {
+      return await Promise.race([work, new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => reject(new ChatError('CLIENT_TIMEOUT', `${what} within ${ms} ms`)), ms)
+      })])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   #later (ms: number, fn: () => void | Promise<void>): void {

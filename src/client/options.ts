@@ -57,6 +57,10 @@ export function normalizeOptions (o: ChatClientOptions): NormalizedOptions {
   if (!urlOk) throw new TypeError('ChatClient: url must be a URL, a non-empty list of URLs or a function')
   if (typeof o.token !== 'function' && (typeof o.token !== 'string' || o.token === '')) throw new TypeError('ChatClient: token must be a string or a function')
   const reconnectMinMs = int('reconnectMinMs', o.reconnectMinMs, 250, 0, 600_000)
+  for (const [channelId, seq] of Object.entries(o.resumeFrom ?? {})) {
+    // A position that is not a seq would hold the channel back for good, or replay it all.
+    if (!Number.isSafeInteger(seq) || seq < 0) throw new TypeError(`ChatClient: resumeFrom[${JSON.stringify(channelId)}] must be a seq (an integer ≥ 0)`)
+  }
   return {
     url: o.url,
     token: o.token,
@@ -65,7 +69,8 @@ export function normalizeOptions (o: ChatClientOptions): NormalizedOptions {
     historyPageSize: int('historyPageSize', o.historyPageSize, 100, 1, 500),
     ackTimeoutMs: int('ackTimeoutMs', o.ackTimeoutMs, 10_000, 1, 600_000),
     reconnectMinMs,
-    reconnectMaxMs: int('reconnectMaxMs', o.reconnectMaxMs, 5000, reconnectMinMs, 600_000),
+    // The default maximum follows a larger minimum rather than refusing it.
+    reconnectMaxMs: int('reconnectMaxMs', o.reconnectMaxMs, Math.max(5000, reconnectMinMs), reconnectMinMs, 600_000),
     connectTimeoutMs: int('connectTimeoutMs', o.connectTimeoutMs, 10_000, 1, 600_000),
     sessionTimeoutMs: int('sessionTimeoutMs', o.sessionTimeoutMs, 30_000, 1, 600_000),
     resyncJitterMs: int('resyncJitterMs', o.resyncJitterMs, 1000, 0, 600_000),
