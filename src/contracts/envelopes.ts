@@ -31,6 +31,9 @@ export type SendCommand = Static<typeof SendCommandSchema>
 const Limit = Type.Integer({ minimum: 1, maximum: 500 })
 const Seq = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER })
 
+
+/** Most channel ids one channels.seq request may name; a gateway asks in chunks of this size. */
+export const CHANNELS_SEQ_MAX_IDS = 10_000
 export const RpcRequestSchema = Type.Union([
   Type.Object({ op: Type.Literal('session.open'), userId: UserIdSchema }, { additionalProperties: false }),
   Type.Object({ op: Type.Literal('channels.list'), userId: UserIdSchema }, { additionalProperties: false }),
@@ -39,7 +42,7 @@ export const RpcRequestSchema = Type.Union([
   Type.Object({
     op: Type.Literal('channels.seq'),
     userId: UserIdSchema,
-    channelIds: Type.Array(ChannelIdSchema, { maxItems: 10_000 })
+    channelIds: Type.Array(ChannelIdSchema, { maxItems: CHANNELS_SEQ_MAX_IDS })
   }, { additionalProperties: false }),
   Type.Object({
     op: Type.Literal('history.fetch'),

@@ -12,6 +12,7 @@
 import type { BindingManager } from '../broker/binding-manager.js'
 import { channelKey, userKey } from '../broker/topology.js'
 import type { WorkerRpc } from '../broker/rpc.js'
+import { CHANNELS_SEQ_MAX_IDS } from '../contracts/envelopes.js'
 import type { ChannelSummary, SessionReady } from '../contracts/protocol.js'
 import { ClientError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -81,7 +82,9 @@ export class Sessions {
     void socket.join(userRoom(userId))
     this.#ready.set(socket, this.#open(user, socket).catch((err: unknown) => {
       this.#o.log.error({ err, userId }, 'could not open a session')
-      const error = err instanceof ClientError ? err.toJSON() : { code: 'INTERNAL' as const, message: 'could not open the session' }
+      // The client sent nothing to validate here: a VALIDATION is about the gateway's own
+      // request to the worker, and telling the client to fix its payload would mislead.
+      const error = err instanceof ClientError && err.code !== 'VALIDATION' ? err.toJSON() : { code: 'INTERNAL' as const, message: 'could not open the session' }
       socket.emit('session:end', error)
       socket.disconnect(true)
       return false
@@ -263,10 +266,13 @@ export class Sessions {
     const boundAfterMark = (key: string) => (bindings.boundSince(key) ?? Number.MAX_SAFE_INTEGER) > mark
     const directLate = boundAfterMark(userKey(user.id))
     const late = channels.filter((c) => c.kind === 'group' ? boundAfterMark(channelKey(c.id)) : directLate)
-    if (late.length > 0) {
-      const fresh = await this.#retry(socket, () => rpc.call({ op: 'channels.seq', userId: user.id, channelIds: late.map((c) => c.id) }))
+    // In chunks the worker accepts: a user in more channels than one request may name
+    // must still get a session (one chunk's refusal would end it with VALIDATION).
+    for (let from = 0; from < late.length; from += CHANNELS_SEQ_MAX_IDS) {
+      const chunk = late.slice(from, from + CHANNELS_SEQ_MAX_IDS)
+      const fresh = await this.#retry(socket, () => rpc.call({ op: 'channels.seq', userId: user.id, channelIds: chunk.map((c) => c.id) }))
       if (fresh === undefined) return false
-      for (const c of late) {
+      for (const c of chunk) {
         const seq = fresh.seqs[c.id]
         if (seq !== undefined && seq > c.lastSeq) c.lastSeq = seq
       }
