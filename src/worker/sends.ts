@@ -11,7 +11,7 @@
  *   message is dead-lettered;
  * - deliveries cannot be published (the broker confirms late, blocks or reconnects):
  *   the rows are committed, so the batch stays unacked and the publish is retried with
- *   backoff; only at shutdown is it requeued (a redelivery finds the rows as duplicates
+ *   backoff; only at shutdown is it given back (a redelivery finds the rows as duplicates
  *   and publishes their deliveries). Requeueing at once would burn the queue's delivery
  *   limit and dead-letter stored messages.
  */
@@ -31,9 +31,15 @@ const validateSend = compile(SendCommandSchema)
 /** Backoff with jitter for retrying a batch (database or broker trouble): 100 ms doubling to 5 s. */
 const retryDelayMs = (attempt: number) => Math.min(5000, 100 * 2 ** Math.min(attempt, 6)) * (0.5 + Math.random() / 2)
 
+/**
+ * Settles a send by leaving it unacked for the broker to take back when the worker
+ * closes its channel at shutdown: every such send returns at once, in delivery order.
+ */
+export const GIVE_BACK = 'give-back'
+
 export interface PendingSend {
   msg: AsyncMessage
-  settle: (status: ConsumerStatus) => void
+  settle: (status: ConsumerStatus | typeof GIVE_BACK) => void
 }
 
 export interface SendPipelineOptions {
@@ -127,7 +133,7 @@ export class SendPipeline {
           this.#o.onDatabaseState(false)
           this.#o.metrics.retried.inc(batch.length)
           if (this.#o.isClosing()) {
-            for (const b of batch) b.settle(ConsumerStatus.REQUEUE)
+            for (const b of batch) b.settle(GIVE_BACK)
             return
           }
           const delay = retryDelayMs(attempt)
@@ -177,8 +183,8 @@ export class SendPipeline {
         }
         if (this.#o.isClosing()) {
           // Rows are committed; a redelivery finds them as duplicates and publishes again.
-          this.#o.log.warn({ err }, 'could not publish deliveries while stopping; requeueing the batch')
-          for (const b of batch) b.settle(ConsumerStatus.REQUEUE)
+          this.#o.log.warn({ err }, 'could not publish deliveries while stopping; giving the batch back')
+          for (const b of batch) b.settle(GIVE_BACK)
           return
         }
       }

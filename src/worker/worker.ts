@@ -22,7 +22,7 @@ import { describeDatabaseFailure, StartupError, waitForBroker } from '../startup
 import { Batcher } from './batcher.js'
 import { createWorkerMetrics, type WorkerMetrics } from './metrics.js'
 import { createRpcHandler } from './rpc-handlers.js'
-import { SendPipeline, type PendingSend } from './sends.js'
+import { GIVE_BACK, SendPipeline, type PendingSend } from './sends.js'
 
 export interface WorkerStatus {
   ready: boolean
@@ -52,6 +52,16 @@ export interface WorkerOptions {
   database?: DatabaseHandle
   /** Collect process-level default metrics. @default true */
   defaultMetrics?: boolean
+}
+
+/**
+ * The channel a consumer receives on. rabbitmq-client offers no way to close it without
+ * settling what the handlers hold (Consumer.close cancels first, then waits for them),
+ * hence its internal field; test/ops/drain.test.ts fails if that changes.
+ */
+function consumerChannel (consumer: Consumer): { close: () => Promise<void> } | undefined {
+  const ch = (consumer as unknown as { _ch?: { active: boolean, close: () => Promise<void> } })._ch
+  return ch?.active === true ? ch : undefined
 }
 
 export function startWorker ({ config, log, database, defaultMetrics = true }: WorkerOptions): Worker {
@@ -111,18 +121,30 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     }
   })
 
+  /** Handlers of sends given back at shutdown: resolved once their channel is closed. */
+  const givenBack: Array<() => void> = []
   const sends: Consumer = consumeConn.createConsumer({
     ...consumerTopology(names, 'worker'),
     qos: { prefetchCount: config.WORKER_PREFETCH },
     concurrency: config.WORKER_PREFETCH,
     requeue: true
   }, (msg) => new Promise<ConsumerStatus>((resolve) => {
+    // Its nack, once the channel is closed, fails and is ignored: the broker has it back.
+    const giveBack = () => givenBack.push(() => resolve(ConsumerStatus.REQUEUE))
     if (closing !== undefined) {
-      resolve(ConsumerStatus.REQUEUE)
+      giveBack()
       return
     }
     let settled = false
-    batcher.add({ msg, settle: (status) => { if (!settled) { settled = true; resolve(status) } } })
+    batcher.add({
+      msg,
+      settle: (status) => {
+        if (settled) return
+        settled = true
+        if (status === GIVE_BACK) giveBack()
+        else resolve(status)
+      }
+    })
   }))
 
   const handleRpc = createRpcHandler({
@@ -154,7 +176,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       log.info({ queue: consumer.queue }, `worker consuming ${name}`)
     })
     consumer.on('error', (err) => {
-      log.warn({ err }, `worker ${name} consumer error`)
+      // At shutdown the nacks of sends given back fail on their closed channel, as intended.
+      if (closing === undefined) log.warn({ err }, `worker ${name} consumer error`)
     })
   }
   sends.on('ready', () => {
@@ -183,11 +206,20 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   async function shutdown (): Promise<void> {
     clearInterval(ping)
     log.info('worker stopping: finishing in-flight batches')
-    // Stop taking new messages first; handlers already running finish and ack.
-    for (const item of batcher.takeBuffered()) item.settle(ConsumerStatus.REQUEUE)
-    await Promise.all([sends.close(), rpc.close()])
+    // The batch in progress commits and acks (or, with the database down, is given back);
+    // sends not yet in a batch, and any that arrive meanwhile, are given back.
+    for (const item of batcher.takeBuffered()) item.settle(GIVE_BACK)
     await batcher.drain()
     await pipeline.idle()
+    // Given back by closing the channel, not by nacking: the broker then takes every
+    // unacked send back at once, in delivery order, before a standby becomes active.
+    // Nacks would hand them straight back to this worker (still the active consumer),
+    // each costing one of the queue's delivery attempts, and cancelling first would let
+    // a standby store newer sends before these: seq out of order.
+    const stopping = sends.close() // from here on the consumer does not subscribe again
+    await consumerChannel(sends)?.close()
+    for (const resolve of givenBack.splice(0)) resolve()
+    await Promise.all([stopping, rpc.close()])
     await Promise.all([publisher.close(), deadLetterPublisher.close()])
     await Promise.all([consumeConn.close(), publishConn.close()])
     if (database === undefined) await db.close()

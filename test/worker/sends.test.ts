@@ -16,7 +16,7 @@ import { openDatabase } from '../../src/db/client.js'
 import { createMessagesRepository } from '../../src/db/repositories/messages.js'
 import { silentLogger } from '../../src/log.js'
 import { createWorkerMetrics } from '../../src/worker/metrics.js'
-import { SendPipeline, type PendingSend } from '../../src/worker/sends.js'
+import { GIVE_BACK, SendPipeline, type PendingSend } from '../../src/worker/sends.js'
 import { createDatabase, sqlClient } from '../helpers/services.js'
 import { waitUntil } from '../helpers/system.js'
 
@@ -50,7 +50,7 @@ function pipeline (failures: number, closing: { now: boolean }) {
 }
 
 function sends (senderId: string, n: number) {
-  const settled: ConsumerStatus[] = []
+  const settled: Array<ConsumerStatus | typeof GIVE_BACK> = []
   const items: PendingSend[] = Array.from({ length: n }, (_, i) => {
     const body: SendCommand = { v: 1, senderId, toUserId: 'bob', content: `m${i}`, clientMsgId: randomUUID() }
     return { msg: { body, redelivered: false, messageId: body.clientMsgId } as unknown as AsyncMessage, settle: (s) => settled.push(s) }
@@ -70,7 +70,7 @@ t.test('publishing fails a few times: the batch is acked once it succeeds, never
   t.equal(Number(row!.n), 4, 'stored once each')
 })
 
-t.test('publishing keeps failing and the worker stops: the batch is requeued', async (t) => {
+t.test('publishing keeps failing and the worker stops: the batch is given back to the broker', async (t) => {
   const closing = { now: false }
   const { p } = pipeline(Number.MAX_SAFE_INTEGER, closing)
   const { items, settled } = sends('pub-cy', 2)
@@ -78,5 +78,5 @@ t.test('publishing keeps failing and the worker stops: the batch is requeued', a
   await waitUntil(() => settled.length === 0, 100)
   closing.now = true
   await p.idle()
-  t.same(settled, [ConsumerStatus.REQUEUE, ConsumerStatus.REQUEUE])
+  t.same(settled, [GIVE_BACK, GIVE_BACK])
 })
