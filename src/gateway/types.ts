@@ -11,6 +11,8 @@ export interface SocketData {
   bucket: Bucket
   /** Events waiting for the session to open (gateway/handle.ts). */
   waiting?: number
+  /** Keeps the bucket should the connection die before the socket is attached; dropped once it is. */
+  keepIfUnattached?: () => void
 }
 
 // eslint-disable-next-line @typescript-eslint/no-empty-interface

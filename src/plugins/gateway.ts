@@ -84,6 +84,12 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   app.addHook('onClose', async () => { stopSweep() })
 
   io.use((socket, next) => {
+    // Socket.IO runs this a turn after the CONNECT packet: the connection may be gone
+    // already, and nothing would then give back a bucket taken below.
+    if (socket.conn.readyState !== 'open') {
+      next(new Error('UNAVAILABLE'))
+      return
+    }
     if (draining) {
       metrics.connections.inc({ outcome: 'refused' })
       next(new Error('UNAVAILABLE'))
@@ -110,6 +116,12 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
       socket.data.userId = identity.userId
       socket.data.exp = identity.exp
       socket.data.bucket = bucket
+      // A connection that dies between here and `connection` (a bad packet right behind the
+      // CONNECT) runs neither `connection` nor `disconnect`: without this its bucket would be
+      // lost, and the user's next socket would start with a fresh burst.
+      const keepIfUnattached = () => buckets.keep(identity.userId, bucket)
+      socket.data.keepIfUnattached = keepIfUnattached
+      socket.conn.once('close', keepIfUnattached)
       next()
     } catch (err) {
       metrics.connections.inc({ outcome: 'unauthorized' })
@@ -118,6 +130,9 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   })
 
   io.on('connection', (socket) => {
+    // Attached: `disconnect` (or the refusal below) keeps the bucket from now on.
+    if (socket.data.keepIfUnattached !== undefined) socket.conn.off('close', socket.data.keepIfUnattached)
+    delete socket.data.keepIfUnattached
     // The middleware above runs before earlier sockets are attached, so CONNECT packets
     // sent back to back on one connection all pass its caps. Counts are exact here.
     const over = sessions.socketCount >= config.GATEWAY_MAX_SOCKETS

@@ -276,3 +276,40 @@ t.test('a frame over MAX_PAYLOAD_BYTES closes that socket; the gateway and other
   const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from messages where sender_id = 'big-sender' and content like 'y%'`
   t.equal(n, 0, 'nothing of the oversized frame was stored')
 })
+
+t.test('a connection that dies right after its CONNECT does not hand the user a fresh burst', async (t) => {
+  const gw = await startTestGateway(t, env, { SOCKET_RATE_PER_SEC: '1', SOCKET_RATE_BURST: '5' })
+  const { default: WebSocket } = await import('ws')
+  const user = `burst-${randomUUID().slice(0, 8)}`
+  const served = async (socket: ClientSocket) => {
+    const answers = await Promise.all(Array.from({ length: 5 }, async () => await emitAny(socket, 5000, 'channels:list', {}) as Ack))
+    return answers.filter((a) => a.ok).length
+  }
+  const first = await connectUser(t, gw.url, user)
+  t.equal(await served(first.socket), 5, 'the burst')
+  first.socket.disconnect()
+  // The kept bucket refills a token: enough to pay for one reconnect.
+  await sleep(1200)
+  // The CONNECT and a packet engine.io cannot parse in one write: the connection is closed
+  // before Socket.IO runs the handshake check, which used to take the kept (empty) bucket
+  // and lose it.
+  {
+    const ws = new WebSocket(`${gw.url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`)
+    await new Promise<void>((resolve, reject) => {
+      ws.once('error', reject)
+      ws.once('message', () => {
+        const raw = (ws as unknown as { _socket: { cork: () => void, uncork: () => void } })._socket
+        raw.cork()
+        ws.send(`40${JSON.stringify({ token: tokenFor(user) })}`)
+        ws.send('x')
+        raw.uncork()
+        resolve()
+      })
+    })
+    await new Promise<void>((resolve) => { ws.once('close', () => resolve()); setTimeout(resolve, 2000) })
+  }
+  const outcome = await tryConnect(gw.url, { token: tokenFor(user) })
+  t.teardown(() => outcome.socket.disconnect())
+  const again = outcome.outcome === "connected" ? await served(outcome.socket) : 0
+  t.ok(again <= 2, `${again} of 5 served after reconnecting (${outcome.outcome}): the bucket was kept, not replaced by a full one`)
+})
