@@ -19,6 +19,7 @@ import type { AsyncMessage, Envelope } from 'rabbitmq-client'
 import { ConsumerStatus } from 'rabbitmq-client'
 import { SendCommandSchema, type Delivery, type SendCommand } from '../contracts/envelopes.js'
 import { compile } from '../contracts/validate.js'
+import { isUserId, isUuid } from '../contracts/ids.js'
 import { deliveryEnvelope, messageDeliveries } from '../broker/deliveries.js'
 import type { ConfirmedPublisher } from '../broker/publisher.js'
 import { ConcurrentInsertError, type MessagesRepository, type PersistOutcome } from '../db/repositories/messages.js'
@@ -103,17 +104,32 @@ export class SendPipeline {
     return undefined
   }
 
-  async #poison (item: PendingSend, reason: string): Promise<void> {
+  async #poison (item: PendingSend, reason: string, code: 'VALIDATION' | 'INTERNAL' = 'VALIDATION'): Promise<void> {
     try {
       await this.#o.deadLetter(item.msg, reason)
       this.#o.metrics.deadLettered.inc()
       this.#o.log.warn({ reason, messageId: item.msg.messageId }, 'dead-lettered a message')
       item.settle(ConsumerStatus.ACK)
+      this.#tellSender(item.msg.body, { code, message: reason })
     } catch (err) {
       // Could not park it: let the broker's own dead-lettering take it (queue DLX).
       this.#o.log.error({ err, reason }, 'could not publish to the dead-letter exchange; dropping to the queue DLX')
       item.settle(ConsumerStatus.DROP)
     }
+  }
+
+  /**
+   * The gateway acked this send, so its sender waits for it: say it will never come
+   * (`message:rejected`), when the body names a sender and a clientMsgId at all.
+   * Best effort: the dead-letter queue holds the message either way.
+   */
+  #tellSender (body: unknown, error: { code: 'VALIDATION' | 'INTERNAL', message: string }): void {
+    if (body === null || typeof body !== 'object') return
+    const { senderId, clientMsgId } = body as { senderId?: unknown, clientMsgId?: unknown }
+    if (typeof senderId !== 'string' || !isUserId(senderId) || typeof clientMsgId !== 'string' || !isUuid(clientMsgId)) return
+    const delivery: Delivery = { t: 'rejected', userId: senderId, clientMsgId, error: { code: error.code, message: error.message.slice(0, 500) } }
+    this.#o.publisher.publish(deliveryEnvelope(this.#o.outgoingExchange, delivery), delivery, this.#o.publishTimeoutMs ?? 10_000)
+      .catch((err: unknown) => this.#o.log.warn({ err, clientMsgId }, 'could not tell the sender of a dead-lettered message'))
   }
 
   /** @param retried an earlier attempt may have committed: publish duplicates' deliveries too */
@@ -147,7 +163,7 @@ export class SendPipeline {
           return
         }
         const reason = `database refused the message: ${describeDbError(err).message}`
-        await this.#poison(batch[0]!, reason)
+        await this.#poison(batch[0]!, reason, 'INTERNAL')
         return
       }
     }

@@ -61,3 +61,21 @@ t.test('a message the database refuses for good is isolated and dead-lettered al
   t.notOk(stored.some((r) => r.client_msg_id === ids[3]), 'the refused one is not stored')
   t.equal(stored.length, 5, 'its batch mates are')
 })
+
+t.test('the sender of a dead-lettered send is told: message:rejected reaches its gateways', async (t) => {
+  const heard: Array<{ t: string, clientMsgId?: string, error?: { code: string } }> = []
+  const listener = rabbit.createConsumer({
+    queue: '',
+    queueOptions: { exclusive: true },
+    queueBindings: [{ exchange: 'chat.outgoing', routingKey: 'user:zed' }]
+  }, (msg) => { heard.push(msg.body as { t: string }) })
+  t.teardown(() => listener.close())
+  await new Promise<void>((resolve) => listener.once('ready', () => resolve()))
+  const tooLong = randomUUID()
+  await send({ v: 1, senderId: 'zed', clientMsgId: tooLong, content: 'x'.repeat(5000), toUserId: 'b' })
+  await send({ v: 1, senderId: 'zed', clientMsgId: 'not-a-uuid', content: 'x'.repeat(5000), toUserId: 'b' })
+  await waitUntil(() => heard.length >= 1, 10_000, 'a rejection for zed')
+  t.match(heard[0], { t: 'rejected', userId: 'zed', clientMsgId: tooLong, error: { code: 'VALIDATION' } }, 'says which message and why')
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  t.equal(heard.length, 1, 'nothing for a body without a usable clientMsgId')
+})
