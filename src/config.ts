@@ -48,7 +48,7 @@ export const ConfigSchema = Type.Object({
   METRICS_PORT: Int('Port of a separate HTTP listener for /metrics (keep it off the public port in production); 0 serves /metrics on PORT.', 0, 0, 65535),
   DRAIN_WINDOW_MS: Int('On SIGTERM/SIGINT, sockets are told to reconnect elsewhere and disconnected at random moments spread over this window. Keep it below the fastify CLI grace delay (-g).', 5000, 0, 300_000),
   GATEWAY_MAX_SOCKETS: Int('Hard cap of sockets on one gateway; beyond it connections are refused (connect_error UNAVAILABLE).', 15_000, 1, 1_000_000),
-  GATEWAY_READY_SOCKETS: Int('Above this many sockets /ready answers 503 so the load balancer sends new clients elsewhere; 0 means 90% of GATEWAY_MAX_SOCKETS.', 0, 0, 1_000_000),
+  GATEWAY_READY_SOCKETS: Int('Above this many sockets /ready answers 503 so the load balancer sends new clients elsewhere; 0 means 90% of GATEWAY_MAX_SOCKETS (at least 1); at most GATEWAY_MAX_SOCKETS.', 0, 0, 1_000_000),
   USER_MAX_SOCKETS: Int('Most simultaneous sockets of one user on one gateway; beyond it connections are refused (connect_error RATE_LIMITED).', 20, 1, 10_000),
   JWT_SECRET: Type.String({
     description: 'HS256 secret that signs client tokens (claims `sub` = user id and `exp`, both required), at least 16 characters. Development default: a fixed insecure value. Required in production.',
@@ -60,7 +60,7 @@ export const ConfigSchema = Type.Object({
     description: 'Engine.IO transports. Keep `websocket` behind load balancers without sticky sessions (Fly).',
     default: 'websocket'
   }),
-  MAX_PAYLOAD_BYTES: Int('Largest Socket.IO frame a client may send; bigger frames close the socket.', 16_384, 1024, 10_485_760),
+  MAX_PAYLOAD_BYTES: Int('Largest Socket.IO frame a client may send; bigger frames close the socket. At least MAX_CONTENT_CHARS × 3 + 1024, so that any valid message fits.', 16_384, 1024, 10_485_760),
   MAX_CONTENT_CHARS: Int('Longest message content, in characters.', 4000, 1, 1_000_000),
   MAX_CHANNEL_MEMBERS: Int('Most members a channel:create may name.', 1000, 1, 100_000),
   SOCKET_RATE_PER_SEC: Int('Events per second a socket may send on average (token bucket); beyond it acks say RATE_LIMITED.', 20, 1, 100_000),
@@ -159,6 +159,14 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
     const value = name === 'DATABASE_URL' ? config[name].replace(/^([a-z]+:\/\/(?:[^@/?#]*@)?)([^,/?#]*),[^/?#]*/, '$1$2') : config[name]
     const problem = urlProblem(value)
     if (problem !== undefined) throw new ConfigError(`${name} is invalid: ${problem}`)
+  }
+  if (role === 'gateway' && config.GATEWAY_READY_SOCKETS > config.GATEWAY_MAX_SOCKETS) {
+    throw new ConfigError(`GATEWAY_READY_SOCKETS is invalid (${config.GATEWAY_READY_SOCKETS}): it must not exceed GATEWAY_MAX_SOCKETS (${config.GATEWAY_MAX_SOCKETS}), or the gateway refuses sockets while it still reports ready`)
+  }
+  // A maximal message (3 UTF-8 bytes per character at worst) must fit in a frame, or the
+  // socket is cut instead of getting VALIDATION.
+  if (role === 'gateway' && config.MAX_CONTENT_CHARS * 3 + 1024 > config.MAX_PAYLOAD_BYTES) {
+    throw new ConfigError(`MAX_CONTENT_CHARS is invalid (${config.MAX_CONTENT_CHARS}): a message that long can take ${config.MAX_CONTENT_CHARS * 3 + 1024} bytes on the wire; raise MAX_PAYLOAD_BYTES (${config.MAX_PAYLOAD_BYTES}) to at least that, or lower MAX_CONTENT_CHARS`)
   }
   if (role === 'gateway' && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
     throw new ConfigError(`METRICS_PORT is invalid (${config.METRICS_PORT}): it must differ from PORT, or be 0 to serve /metrics on PORT`)

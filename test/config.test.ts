@@ -40,6 +40,13 @@ t.test('every error is one line', async (t) => {
   }
 })
 
+t.test('settings that contradict each other are refused at start, naming both', async (t) => {
+  t.throws(() => loadConfig('gateway', { GATEWAY_MAX_SOCKETS: '100', GATEWAY_READY_SOCKETS: '200' }), /GATEWAY_READY_SOCKETS.*GATEWAY_MAX_SOCKETS/)
+  t.throws(() => loadConfig('gateway', { MAX_CONTENT_CHARS: '10000' }), /MAX_CONTENT_CHARS.*MAX_PAYLOAD_BYTES/)
+  t.equal(loadConfig('gateway', { MAX_CONTENT_CHARS: '10000', MAX_PAYLOAD_BYTES: '31024' }).MAX_CONTENT_CHARS, 10_000, 'fine with a frame big enough')
+  t.equal(loadConfig('worker', { MAX_CONTENT_CHARS: '10000' }).MAX_CONTENT_CHARS, 10_000, 'the worker has no frames to fit')
+})
+
 t.test('the README documents every setting of the schema, and no other', async (t) => {
   const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
   const documented = new Set([...readme.matchAll(/^\| `([A-Z0-9_]+)` \|/gm)].map((m) => m[1]))

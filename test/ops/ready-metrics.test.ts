@@ -92,3 +92,10 @@ t.test('readiness flips before the hard socket cap, which refuses connections', 
   await connectUser(t, capped.url, 'b')
   await t.rejects(connectUser(t, capped.url, 'c'), { message: 'UNAVAILABLE' }, 'hard cap')
 })
+
+t.test('a gateway capped at one socket is ready while it has none (90 % of 1 is not 0)', async (t) => {
+  const one = await startTestGateway(t, env, { GATEWAY_MAX_SOCKETS: '1', USER_MAX_SOCKETS: '1' })
+  t.equal((await fetch(`${one.url}/ready`)).status, 200, 'ready when empty')
+  await connectUser(t, one.url, 'solo')
+  t.equal((await fetch(`${one.url}/ready`)).status, 503, 'unready when full')
+})
