@@ -77,10 +77,15 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
 
   let closing: Promise<void> | undefined
   let databaseUp = true
+  /** Reads (ping, RPC) tell whether the database answers; batches whether it takes writes. */
+  const dbHealth = { answers: true, writes: true }
   const ready = { sends: false, rpc: false }
-  const onDatabaseState = (up: boolean) => {
-    databaseUp = up
-    metrics.databaseUp.set(up ? 1 : 0)
+  const setDatabaseState = (part: 'answers' | 'writes', up: boolean) => {
+    dbHealth[part] = up
+    // A `select 1` that works says nothing of a write path that fails (a read-only
+    // standby, a missing function or privilege): readiness needs both.
+    databaseUp = dbHealth.answers && dbHealth.writes
+    metrics.databaseUp.set(databaseUp ? 1 : 0)
   }
   metrics.databaseUp.set(1)
 
@@ -105,7 +110,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     maxContentChars: config.MAX_CONTENT_CHARS,
     log,
     metrics,
-    onDatabaseState,
+    onDatabaseState: (up) => setDatabaseState('writes', up),
     isClosing: () => closing !== undefined,
     dbTimeoutMs: config.DB_TIMEOUT_MS
   })
@@ -153,7 +158,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
     dbTimeoutMs: config.DB_TIMEOUT_MS,
     log,
-    onDatabaseState,
+    onDatabaseState: (up) => setDatabaseState('answers', up),
     notify: (delivery: Delivery) => publisher.publish(deliveryEnvelope(names.outgoing, delivery), delivery, 10_000)
   })
   const rpc: Consumer = consumeConn.createConsumer({
@@ -194,9 +199,9 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   // Readiness must notice an outage even when no message is flowing.
   const ping = setInterval(() => {
     withDbTimeout(db.db.execute(sql`select 1`), Math.min(config.DB_TIMEOUT_MS, 5000))
-      .then(() => onDatabaseState(true), (err: unknown) => {
-        if (databaseUp) log.warn({ err: describeDbError(err) }, 'database ping failed')
-        onDatabaseState(false)
+      .then(() => setDatabaseState('answers', true), (err: unknown) => {
+        if (dbHealth.answers) log.warn({ err: describeDbError(err) }, 'database ping failed')
+        setDatabaseState('answers', false)
       })
   }, 5000)
   ping.unref()
