@@ -128,7 +128,8 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
    * @throws ChatError VALIDATION, FORBIDDEN, … (the server's answer), CLIENT_CLOSED, CLIENT_ABORTED
    */
   async send (target: SendTarget, content: string, options: { clientMsgId?: string, signal?: AbortSignal } = {}): Promise<{ clientMsgId: string }> {
-    const clientMsgId = options.clientMsgId ?? newClientMsgId()
+    // In lower case, as the server stores and echoes it: one spelling for the app to match.
+    const clientMsgId = (options.clientMsgId ?? newClientMsgId()).toLowerCase()
     // Built field by field: the server refuses unknown fields, and a target may be a richer object.
     const payload = 'channelId' in target
       ? { clientMsgId, content, channelId: target.channelId }

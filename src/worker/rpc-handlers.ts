@@ -24,6 +24,21 @@ export interface RpcHandlerDeps {
   onDatabaseState: (up: boolean) => void
 }
 
+/**
+ * How long an answer waits for its announcement. Members usually hear of a change before
+ * its author's call returns; but the change is committed, and a broker slow to confirm
+ * must not push the answer past the gateway's RPC_TIMEOUT_MS (5 s by default): the
+ * client would be told UNAVAILABLE, and its retry would create a second channel or be
+ * refused a leave it already made. The announcement carries on after the answer.
+ */
+const ANNOUNCE_WAIT_MS = 2000
+
+function announced (announcement: Promise<unknown>): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined
+  return Promise.race([announcement, new Promise((resolve) => { timer = setTimeout(resolve, ANNOUNCE_WAIT_MS) })])
+    .finally(() => clearTimeout(timer))
+}
+
 export function createRpcHandler (deps: RpcHandlerDeps) {
   // Only the database's part is timed: a slow announce after a committed change must not
   // turn it into "storage unavailable" (a retried create would make a second channel).
@@ -48,15 +63,15 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
         deps.onDatabaseState(true)
         // Every member's gateways bind channel:{id} and tell their sockets. A failure here
         // leaves the channel usable: members see it at their next session:ready.
-        await Promise.all(memberIds.map((userId) => deps.notify({ t: 'joined', userId, channel })))
-          .catch((err: unknown) => deps.log.warn({ err, channelId: channel.id }, 'could not announce a new channel'))
+        await announced(Promise.all(memberIds.map((userId) => deps.notify({ t: 'joined', userId, channel })))
+          .catch((err: unknown) => deps.log.warn({ err, channelId: channel.id }, 'could not announce a new channel')))
         return { channel }
       }
       case 'channel.leave':
         await db(deps.channels.leave(req.channelId, req.userId))
         deps.onDatabaseState(true)
-        await deps.notify({ t: 'left', userId: req.userId, channelId: req.channelId })
-          .catch((err: unknown) => deps.log.warn({ err, channelId: req.channelId }, 'could not announce a channel leave'))
+        await announced(deps.notify({ t: 'left', userId: req.userId, channelId: req.channelId })
+          .catch((err: unknown) => deps.log.warn({ err, channelId: req.channelId }, 'could not announce a channel leave')))
         return {}
     }
   }

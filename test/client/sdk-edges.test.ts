@@ -148,3 +148,13 @@ t.test('resumeFrom must hold seqs: anything else is refused when the client is b
   t.ok(slow, 'a larger reconnectMinMs alone is accepted (the maximum follows it)')
   slow.close()
 })
+
+t.test('a clientMsgId given in capitals comes back as the server will echo it, in lower case', async (t) => {
+  const seen: string[] = []
+  const gw = await scriptedGateway(t, { answer: (event, payload, ack) => { if (event === 'message:send') seen.push(String(payload.clientMsgId)); ack({ ok: true }) } })
+  const c = client(t, { url: gw.url, token: 'x' })
+  const id = 'ABCDEF01-2345-4678-89AB-CDEF01234567'
+  const { clientMsgId } = await c.send({ channelId: CHANNEL }, 'hi', { clientMsgId: id })
+  t.equal(clientMsgId, id.toLowerCase())
+  t.same(seen, [id.toLowerCase()], 'sent in lower case too')
+})

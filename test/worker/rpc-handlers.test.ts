@@ -34,3 +34,19 @@ t.test('a committed create or leave is answered ok however slowly it is announce
   const listed = await handler({ op: 'channels.list', userId: 'ann' })
   t.match(listed.response, { ok: true, result: { channels: [{ id: channelId }] } }, 'one channel: nothing to retry')
 })
+
+t.test('an announcement the broker confirms late does not hold the answer past the gateway\'s RPC timeout', async (t) => {
+  const handler = createRpcHandler({
+    channels: createChannelsRepository(handle.db),
+    messages: createMessagesRepository(handle.db),
+    notify: () => sleep(6000), // within the worker's own 10 s publish timeout, past the gateway's 5 s
+    maxChannelMembers: 100,
+    dbTimeoutMs: 5000,
+    log: silentLogger,
+    onDatabaseState: () => {}
+  })
+  const started = Date.now()
+  const created = await handler({ op: 'channel.create', userId: 'cy', name: 'late news', memberIds: ['dee'] })
+  t.match(created.response, { ok: true })
+  t.ok(Date.now() - started < 4000, `answered in ${Date.now() - started} ms, under RPC_TIMEOUT_MS (5 s)`)
+})
