@@ -19,8 +19,6 @@ export interface RpcHandlerDeps {
   /** Publishes a control delivery (joined/left) with confirms. */
   notify: (delivery: Delivery) => Promise<void>
   maxChannelMembers: number
-  /** Most group channels one user may be in; a create naming someone at it is refused. */
-  maxUserChannels?: number
   dbTimeoutMs: number
   log: Logger
   onDatabaseState: (up: boolean) => void
@@ -61,7 +59,7 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
         if (req.memberIds.length > deps.maxChannelMembers) {
           throw new ClientError('VALIDATION', `a channel may name at most ${deps.maxChannelMembers} members`)
         }
-        const { channel, memberIds } = await db(deps.channels.createGroup(req.userId, req.name, req.memberIds, deps.maxUserChannels))
+        const { channel, memberIds } = await db(deps.channels.createGroup(req.userId, req.name, req.memberIds))
         deps.onDatabaseState(true)
         // Every member's gateways bind channel:{id} and tell their sockets. A failure here
         // leaves the channel usable: members see it at their next session:ready.

@@ -156,7 +156,6 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     channels,
     messages,
     maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
-    maxUserChannels: config.MAX_USER_CHANNELS,
     dbTimeoutMs: config.DB_TIMEOUT_MS,
     log,
     onDatabaseState: (up) => setDatabaseState('answers', up),

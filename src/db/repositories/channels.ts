@@ -2,7 +2,7 @@
  * Channels and their members. A direct conversation between two users is one
  * channel whose `direct_key` is the sorted pair, so it is found, never duplicated.
  */
-import { and, asc, count, eq, gte, inArray } from 'drizzle-orm'
+import { and, asc, eq, inArray } from 'drizzle-orm'
 import { channels, members } from '../../../drizzle/schema.js'
 import type { ChannelSummary } from '../../contracts/protocol.js'
 import { ClientError } from '../../errors.js'
@@ -89,25 +89,10 @@ export function createChannelsRepository (db: Database) {
       return row
     },
 
-    /**
-     * Creates a group whose members are the creator and `memberIds` (deduplicated).
-     * @param maxGroupsPerUser refuse (FORBIDDEN) when one of them is in this many groups
-     *   already: anyone may name anyone, and nobody may be buried in channels (a soft cap:
-     *   two creates racing may pass it by one each).
-     */
-    async createGroup (creatorId: string, name: string, memberIds: string[], maxGroupsPerUser = Number.MAX_SAFE_INTEGER): Promise<{ channel: ChannelSummary, memberIds: string[] }> {
+    /** Creates a group whose members are the creator and `memberIds` (deduplicated). */
+    async createGroup (creatorId: string, name: string, memberIds: string[]): Promise<{ channel: ChannelSummary, memberIds: string[] }> {
       const everyone = [...new Set([creatorId, ...memberIds])]
       return await db.transaction(async (tx) => {
-        const full = await tx.select({ userId: members.userId })
-          .from(members)
-          .innerJoin(channels, eq(channels.id, members.channelId))
-          .where(and(inArray(members.userId, everyone), eq(channels.kind, 'group')))
-          .groupBy(members.userId)
-          .having(gte(count(), maxGroupsPerUser))
-          .limit(1)
-        if (full[0] !== undefined) {
-          throw new ClientError('FORBIDDEN', `${full[0].userId === creatorId ? 'you are' : `${full[0].userId} is`} in ${maxGroupsPerUser} group channels already, the most allowed`)
-        }
         const [row] = await tx.insert(channels)
           .values({ kind: 'group', name, createdBy: creatorId })
           .returning(summaryColumns)
