@@ -191,6 +191,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     try {
       token = typeof this.#o.token === 'string' ? this.#o.token : await this.#withTimeout(Promise.resolve(this.#o.token()), this.#o.connectTimeoutMs, 'the token function did not settle')
     } catch (cause) {
+      if (this.#isClosed()) return
       this.emit('error', new ChatError('CLIENT_TOKEN', 'the token function failed', { cause }))
       this.#retryLater(url, 'token function failed')
       return
@@ -334,9 +335,15 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     let timer: Timer | undefined
     try {
       return await Promise.race([work, new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => reject(new ChatError('CLIENT_TIMEOUT', `${what} within ${ms} ms`)), ms)
+        timer = setTimeout(() => {
+          this.#timers.delete(timer!)
+          reject(new ChatError('CLIENT_TIMEOUT', `${what} within ${ms} ms`))
+        }, ms)
+        // close() clears it with the others: a closed client keeps no process alive.
+        this.#timers.add(timer)
       })])
     } finally {
+      if (timer !== undefined) this.#timers.delete(timer)
       clearTimeout(timer)
     }
   }

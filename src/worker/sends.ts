@@ -157,7 +157,8 @@ export class SendPipeline {
           await new Promise((resolve) => setTimeout(resolve, delay))
           continue
         }
-        // The database refuses something in this batch for good: find it.
+        // The database refuses something in this batch for good: it answers, so it is up.
+        this.#o.onDatabaseState(true)
         if (batch.length > 1) {
           for (const one of batch) await this.#persist([one], retried || attempt > 1)
           return

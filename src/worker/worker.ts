@@ -183,6 +183,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     consumer.on('error', (err) => {
       // At shutdown the nacks of sends given back fail on their closed channel, as intended.
       if (closing === undefined) log.warn({ err }, `worker ${name} consumer error`)
+      else log.debug({ err }, `worker ${name} consumer error while stopping`)
     })
   }
   sends.on('ready', () => {
@@ -211,6 +212,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   async function shutdown (): Promise<void> {
     clearInterval(ping)
     log.info('worker stopping: finishing in-flight batches')
+    // Reads and channel commands: no new ones; those running finish and answer.
+    const rpcStopping = rpc.close()
     // The batch in progress commits and acks (or, with the database down, is given back);
     // sends not yet in a batch, and any that arrive meanwhile, are given back.
     for (const item of batcher.takeBuffered()) item.settle(GIVE_BACK)
@@ -224,7 +227,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     const stopping = sends.close() // from here on the consumer does not subscribe again
     await consumerChannel(sends)?.close()
     for (const resolve of givenBack.splice(0)) resolve()
-    await Promise.all([stopping, rpc.close()])
+    await Promise.all([stopping, rpcStopping])
     await Promise.all([publisher.close(), deadLetterPublisher.close()])
     await Promise.all([consumeConn.close(), publishConn.close()])
     if (database === undefined) await db.close()

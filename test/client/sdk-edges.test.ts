@@ -158,3 +158,13 @@ t.test('a clientMsgId given in capitals comes back as the server will echo it, i
   t.equal(clientMsgId, id.toLowerCase())
   t.same(seen, [id.toLowerCase()], 'sent in lower case too')
 })
+
+t.test('close() while the token function is pending: no error afterwards, no timer left behind', async (t) => {
+  const c = new ChatClient({ url: 'http://127.0.0.1:1', token: async () => await new Promise<string>(() => {}), connectTimeoutMs: 200 })
+  const after: string[] = []
+  c.on('error', (e) => { if (c.state === 'closed') after.push(e.code) })
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  c.close()
+  await new Promise((resolve) => setTimeout(resolve, 400))
+  t.same(after, [], 'nothing emitted after close()')
+})

@@ -262,16 +262,17 @@ t.test('GATEWAY_READY_SOCKETS defaults to 90% of GATEWAY_MAX_SOCKETS', async (t)
 })
 
 t.test('a frame over MAX_PAYLOAD_BYTES closes that socket; the gateway and other sockets carry on', async (t) => {
-  const gw = await startTestGateway(t, env, { MAX_PAYLOAD_BYTES: '2048' })
+  // A maximal message must fit in a frame (checked at start): 300 characters × 3 + 1024 ≤ 2048.
+  const gw = await startTestGateway(t, env, { MAX_PAYLOAD_BYTES: '2048', MAX_CONTENT_CHARS: '300' })
   const big = await connectUser(t, gw.url, 'big-sender')
   const other = await connectUser(t, gw.url, 'bystander')
-  t.match(await big.request('message:send', { clientMsgId: randomUUID(), toUserId: 'bystander', content: 'x'.repeat(1500) }), { ok: true }, 'under the cap: fine')
+  t.match(await big.request('message:send', { clientMsgId: randomUUID(), toUserId: 'bystander', content: '€'.repeat(300) }), { ok: true }, 'a maximal message of 3-byte characters: fine')
   const gone = new Promise<string>((resolve) => big.socket.once('disconnect', resolve))
   big.socket.emit('message:send', { clientMsgId: randomUUID(), toUserId: 'bystander', content: 'y'.repeat(3000) })
   t.match(await gone, /transport (close|error)/, 'the oversized frame closed the connection')
   t.equal((await fetch(`${gw.url}/health`)).status, 200)
   t.match(await other.request('channels:list', {}), { ok: true }, 'other sockets are unaffected')
-  await other.waitFor('message:new', (m: { content: string }) => m.content.startsWith('x'))
+  await other.waitFor('message:new', (m: { content: string }) => m.content.startsWith('€'))
   await settle(500)
   const [{ n }] = await sql<[{ n: number }]>`select count(*)::int as n from messages where sender_id = 'big-sender' and content like 'y%'`
   t.equal(n, 0, 'nothing of the oversized frame was stored')
