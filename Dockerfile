@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Build: compile TypeScript with dev dependencies.
-FROM node:20-bookworm-slim AS build
+FROM node:22-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
 # .npmrc sets ignore-scripts: fastify-socket.io's "preinstall: npx only-allow pnpm" would fail.
@@ -11,13 +11,13 @@ COPY src ./src
 RUN npm run build
 
 # Production dependencies only.
-FROM node:20-bookworm-slim AS deps
+FROM node:22-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json .npmrc ./
 RUN npm ci --omit=dev --no-audit --no-fund
 
 # Runtime: small, non-root.
-FROM node:20-bookworm-slim
+FROM node:22-bookworm-slim
 ENV NODE_ENV=production FASTIFY_ADDRESS=0.0.0.0 PORT=8080
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules

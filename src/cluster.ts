@@ -13,6 +13,7 @@ import { childEnv } from './config.js'
 import { runMigrations } from './db/migrate.js'
 import { configOrExit, fatal } from './entry.js'
 import { redactUrl } from './log.js'
+import { describeDatabaseFailure } from './startup.js'
 
 const ROOT = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../..' : '..', import.meta.url))
 const { values: args } = parseArgs({
@@ -37,8 +38,7 @@ if (config.DATABASE_URL !== '') {
   try {
     await runMigrations(config.DATABASE_URL)
   } catch (err) {
-    const e = err as { code?: string, message?: string }
-    fatal(`cluster: cannot migrate ${redactUrl(config.DATABASE_URL)} (${e.code ?? e.message ?? String(err)}); is PostgreSQL running and DATABASE_URL right?`)
+    fatal(`cluster: cannot migrate: ${describeDatabaseFailure(err, config.DATABASE_URL)}`.replace(/\s+/g, ' '))
   }
 }
 const database = config.DATABASE_URL === '' ? `embedded PGlite in ${config.DATA_DIR} (set DATABASE_URL for PostgreSQL)` : redactUrl(config.DATABASE_URL)
@@ -51,7 +51,7 @@ function start (name: string, url: string, args: string[], env: Record<string, s
   // Own process group: a terminal's Ctrl-C reaches only us, and we stop the children
   // one signal each (a second signal would skip their graceful drain).
   // The IPC channel tells a child when we are gone, however we died (entry.ts stopWithParent).
-  const proc = spawn(process.execPath, args, { cwd: ROOT, env: childEnv({ LOG_LEVEL: 'warn', ...env }), stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true })
+  const proc = spawn(process.execPath, args, { cwd: ROOT, env: childEnv({ LOG_LEVEL: config.LOG_LEVEL, ...env }), stdio: ['ignore', 'inherit', 'inherit', 'ipc'], detached: true })
   children.push({ name, url, proc })
   proc.on('exit', (code, signal) => {
     if (stopping) return
@@ -65,8 +65,10 @@ start('worker', `http://127.0.0.1:${workerPort}`, ['dist/src/worker/main.js'], {
 const demo = config.NODE_ENV !== 'production'
 for (let i = 0; i < gateways; i++) {
   const port = basePort + i
-  start(`gateway-${i + 1}`, `http://127.0.0.1:${port}`, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-o', 'dist/src/app.js'], {
+  start(`gateway-${i + 1}`, `http://127.0.0.1:${port}`, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', config.LOG_LEVEL, '-o', 'dist/src/app.js'], {
     PORT: String(port),
+    // One metrics port per machine would clash between local gateways: /metrics on PORT.
+    METRICS_PORT: '0',
     SERVER_ID: `gateway-${i + 1}`,
     // Graceful drain needs more than fastify-cli's 500 ms default.
     FASTIFY_CLOSE_GRACE_DELAY: '15000',

@@ -1,6 +1,7 @@
 /** `npm run db:migrate`: applies migrations/ to DATABASE_URL (or the embedded database in DATA_DIR) and exits. */
 import { configOrExit, fatal } from '../entry.js'
 import { redactUrl } from '../log.js'
+import { describeDatabaseFailure } from '../startup.js'
 import { openEmbeddedDatabase } from './client.js'
 import { runMigrations } from './migrate.js'
 
@@ -18,7 +19,7 @@ if (config.DATABASE_URL === '') {
     await runMigrations(config.DATABASE_URL)
     process.stdout.write(`migrations applied to ${redactUrl(config.DATABASE_URL)}\n`)
   } catch (err) {
-    const e = err as { code?: string, message?: string }
-    fatal(`db:migrate failed on ${redactUrl(config.DATABASE_URL)}: ${e.code ?? ''} ${e.message ?? String(err)}`.replace(/\s+/g, ' '))
+    // drizzle wraps the driver's error ("Failed query: CREATE SCHEMA …"); the cause says what is wrong.
+    fatal(`db:migrate failed: ${describeDatabaseFailure(err, config.DATABASE_URL)}`.replace(/\s+/g, ' '))
   }
 }

@@ -31,15 +31,17 @@ const routes: FastifyPluginAsync<{ config: Config }> = async (app, { config }) =
   }
   const metrics = async () => ({ status: 200, contentType: app.metrics.registry.contentType, body: await app.metrics.registry.metrics() })
 
-  app.get('/health', async () => ({ ok: true, serverId: config.SERVER_ID, uptimeSeconds: Math.round(process.uptime()) }))
+  // Probed every few seconds by the platform: a request log line each is noise, errors still log.
+  const quiet = { logLevel: 'warn' as const }
+  app.get('/health', quiet, async () => ({ ok: true, serverId: config.SERVER_ID, uptimeSeconds: Math.round(process.uptime()) }))
 
-  app.get('/ready', async (_req, reply) => {
+  app.get('/ready', quiet, async (_req, reply) => {
     const ready = app.gatewayReady()
     return await reply.code(ready ? 200 : 503).send({ ready, ...figures() })
   })
 
   if (config.METRICS_PORT === 0) {
-    app.get('/metrics', async (_req, reply) => {
+    app.get('/metrics', quiet, async (_req, reply) => {
       const m = await metrics()
       return await reply.type(m.contentType).send(m.body)
     })

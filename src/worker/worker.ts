@@ -239,10 +239,17 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       waitForBroker(consumeConn, config.AMQP_URL, BROKER_STARTUP_TIMEOUT_MS),
       waitForBroker(publishConn, config.AMQP_URL, BROKER_STARTUP_TIMEOUT_MS)
     ])
+    let migrated: unknown
     try {
-      await withDbTimeout(db.db.execute(sql`select 1`), config.DB_TIMEOUT_MS)
+      // The batch function is the newest object of the migrations: no schema, no worker.
+      const result = await withDbTimeout(db.db.execute(sql`select to_regclass('messages') is not null and to_regprocedure('chat_persist_batch(text[], uuid[], text[], uuid[], text[], text[])') is not null as migrated`), config.DB_TIMEOUT_MS) as unknown as Array<{ migrated: unknown }> | { rows: Array<{ migrated: unknown }> }
+      migrated = (Array.isArray(result) ? result : result.rows)[0]?.migrated
     } catch (err) {
       throw new StartupError('APP_DATABASE_UNREACHABLE', describeDatabaseFailure(err, config.DATABASE_URL === '' ? `embedded database in ${config.DATA_DIR}` : config.DATABASE_URL), { cause: err })
+    }
+    if (migrated !== true) {
+      // Otherwise it would report ready and retry every batch forever as a database outage.
+      throw new StartupError('APP_DATABASE_NOT_MIGRATED', 'the database has no chat schema (or an old one): run `npm run db:migrate` with the same DATABASE_URL first')
     }
   })()
   // Callers that do not wait must not crash the process with an unhandled rejection.

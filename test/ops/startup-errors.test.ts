@@ -59,6 +59,8 @@ t.test('worker', async (t) => {
   oneLine(t, await worker({ NODE_ENV: 'production', AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672' }), /^config error: DATABASE_URL is required in production/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_here' }), /database named in DATABASE_URL does not exist/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }), /cannot reach PostgreSQL at .*is it running\?/)
+  // A database that exists but was never migrated: told to migrate, not reported ready.
+  oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres' }), /no chat schema.*npm run db:migrate/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres:50%off@127.0.0.1:5432/postgres' }), /^config error: DATABASE_URL is invalid: its password has a %/)
   // The worker reads ./.env as the fastify CLI does for gateways (values already set win).
   const dir = mkdtempSync(join(tmpdir(), 'chat-dotenv-'))
