@@ -11,8 +11,6 @@ export interface SocketData {
   bucket: Bucket
   /** Events waiting for the session to open (gateway/handle.ts). */
   waiting?: number
-  /** Keeps the bucket should the connection die before the socket is attached; dropped once it is. */
-  keepIfUnattached?: () => void
 }
 
 // eslint-disable-next-line @typescript-eslint/no-empty-interface

@@ -86,7 +86,10 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
 
   io.use((socket, next) => {
     // Socket.IO runs this a turn after the CONNECT packet: the connection may be gone
-    // already, and nothing would then give back a bucket taken below.
+    // already (a bad packet right behind the CONNECT), and then neither `connection` nor
+    // `disconnect` runs to give back a bucket taken below; the user's next socket would
+    // start with a fresh burst. From here to `connection` no I/O can close it (Socket.IO
+    // checks again on the next tick and drops the socket only if it closed before).
     if (socket.conn.readyState !== 'open') {
       next(new Error('UNAVAILABLE'))
       return
@@ -117,12 +120,6 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
       socket.data.userId = identity.userId
       socket.data.exp = identity.exp
       socket.data.bucket = bucket
-      // A connection that dies between here and `connection` (a bad packet right behind the
-      // CONNECT) runs neither `connection` nor `disconnect`: without this its bucket would be
-      // lost, and the user's next socket would start with a fresh burst.
-      const keepIfUnattached = () => buckets.keep(identity.userId, bucket)
-      socket.data.keepIfUnattached = keepIfUnattached
-      socket.conn.once('close', keepIfUnattached)
       next()
     } catch (err) {
       metrics.connections.inc({ outcome: 'unauthorized' })
@@ -131,9 +128,6 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   })
 
   io.on('connection', (socket) => {
-    // Attached: `disconnect` (or the refusal below) keeps the bucket from now on.
-    if (socket.data.keepIfUnattached !== undefined) socket.conn.off('close', socket.data.keepIfUnattached)
-    delete socket.data.keepIfUnattached
     // The middleware above runs before earlier sockets are attached, so CONNECT packets
     // sent back to back on one connection all pass its caps. Counts are exact here.
     const over = sessions.socketCount >= config.GATEWAY_MAX_SOCKETS

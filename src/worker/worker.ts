@@ -13,7 +13,7 @@ import { isOpen } from '../broker/socket.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
 import { brokerNames, consumerTopology, declareTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
 import { sql } from 'drizzle-orm'
-import { openDatabase, type DatabaseHandle } from '../db/client.js'
+import { openDatabase, statementRunner, type DatabaseHandle } from '../db/client.js'
 import { describeDbError, withDbTimeout } from '../db/errors.js'
 import { createChannelsRepository } from '../db/repositories/channels.js'
 import { createMessagesRepository } from '../db/repositories/messages.js'
@@ -57,7 +57,7 @@ export interface WorkerOptions {
 /**
  * The channel a consumer receives on. rabbitmq-client offers no way to close it without
  * settling what the handlers hold (Consumer.close cancels first, then waits for them),
- * hence its internal field; test/ops/drain.test.ts fails if that changes.
+ * hence its internal field; test/worker/shutdown-order.test.ts fails if that changes.
  */
 function consumerChannel (consumer: Consumer): { close: () => Promise<void> } | undefined {
   const ch = (consumer as unknown as { _ch?: { active: boolean, close: () => Promise<void> } })._ch
@@ -242,8 +242,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     let migrated: unknown
     try {
       // The batch function is the newest object of the migrations: no schema, no worker.
-      const result = await withDbTimeout(db.db.execute(sql`select to_regclass('messages') is not null and to_regprocedure('chat_persist_batch(text[], uuid[], text[], uuid[], text[], text[])') is not null as migrated`), config.DB_TIMEOUT_MS) as unknown as Array<{ migrated: unknown }> | { rows: Array<{ migrated: unknown }> }
-      migrated = (Array.isArray(result) ? result : result.rows)[0]?.migrated
+      const [row] = await withDbTimeout(statementRunner(db.db)<{ migrated: unknown }>("select to_regclass('messages') is not null and to_regprocedure('chat_persist_batch(text[], uuid[], text[], uuid[], text[], text[])') is not null as migrated", []), config.DB_TIMEOUT_MS)
+      migrated = row?.migrated
     } catch (err) {
       throw new StartupError('APP_DATABASE_UNREACHABLE', describeDatabaseFailure(err, config.DATABASE_URL === '' ? `embedded database in ${config.DATA_DIR}` : config.DATABASE_URL), { cause: err })
     }
