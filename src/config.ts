@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { MAX_SEND_SHARDS } from './broker/shards.js'
 
 const Int = (description: string, def: number, minimum = 0, maximum = Number.MAX_SAFE_INTEGER) =>
   Type.Integer({ description, default: def, minimum, maximum })
@@ -73,8 +74,8 @@ export const ConfigSchema = Type.Object({
   GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the broker drops the oldest deliveries, and the gateway re-reads memberships and tells its sockets to catch up from history.', 100_000, 1),
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),
-  SEND_BACKLOG_MAX: Int('Messages waiting in the worker queue beyond which gateways answer new sends UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of your workers\' throughput; 0 turns it off.', 100_000, 0, 100_000_000),
-  SEND_BACKLOG_CHECK_MS: Int('How often each gateway reads the depth of the worker queue (one passive queue.declare).', 500, 50, 60_000),
+  SEND_BACKLOG_MAX: Int('Messages waiting in a send queue (shard) beyond which gateways answer new sends to that shard UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of your workers\' throughput; 0 turns it off.', 100_000, 0, 100_000_000),
+  SEND_BACKLOG_CHECK_MS: Int('How often each gateway reads the depth of the send queues (one passive queue.declare per shard).', 500, 50, 60_000),
 
   DEMO_ENABLED: Type.Boolean({ description: 'Serve the demo chat page at `/`. Off unless set; never needed in production.', default: false }),
   DEV_TOKENS_ENABLED: Type.Boolean({ description: 'Enable `POST /dev/token`, which signs a token for any user name: for the demo and local testing only. Off unless set.', default: false }),
@@ -89,7 +90,13 @@ export const ConfigSchema = Type.Object({
   DB_POOL_MAX: Int('Connections in the worker\'s PostgreSQL pool.', 10, 1, 1000),
   DB_PREPARE: Type.Boolean({ description: 'Let the worker prepare its batch statement once per connection (one round trip per batch instead of two). Turn off behind a connection pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).', default: true }),
   DB_TIMEOUT_MS: Int('A batch or read that takes longer counts as a database outage: the worker turns unready and retries (the work is idempotent). Keep it under 15 s: a stopping worker waits for its batch, and exits anyway (status 1, the broker requeues) 25 s after the signal.', 10_000, 100, 600_000),
-  WORKER_PREFETCH: Int('Unacked messages the worker holds; bounds its memory and the batches in flight.', 500, 1, 65_535),
+  WORKER_SHARDS: Int('Send queues (shards) that sends are spread over by channel. Each is stored by one worker at a time, in order; several let that many worker processes store different channels at once. Every gateway and worker must have the same value: read docs/OPERATIONS.md ("Send shards") before changing it on a running system.', 1, 1, MAX_SEND_SHARDS),
+  WORKER_CONSUME_SHARDS: Type.String({
+    description: 'Which send shards this worker consumes: `all`, or a comma-separated list of shard numbers below WORKER_SHARDS such as `0,2`. A worker that subscribes to a shard another worker already holds stands by for it.',
+    pattern: '^(all|[0-9]{1,2}(,[0-9]{1,2})*)$',
+    default: 'all'
+  }),
+  WORKER_PREFETCH: Int('Unacked sends the worker holds per consumed shard; bounds its memory and the batches in flight.', 500, 1, 65_535),
   WORKER_BATCH_MAX: Int('Most messages persisted in one transaction.', 250, 1, 10_000),
   WORKER_BATCH_WAIT_MS: Int('How long the worker waits to fill a batch.', 5, 0, 1000),
   WORKER_RPC_CONCURRENCY: Int('Reads and channel commands the worker serves at once.', 16, 1, 1000),
@@ -171,8 +178,27 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
   if (role === 'gateway' && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
     throw new ConfigError(`METRICS_PORT is invalid (${config.METRICS_PORT}): it must differ from PORT, or be 0 to serve /metrics on PORT`)
   }
+  if (role === 'worker') consumedShards(config)
   if (config.SERVER_ID === '') config.SERVER_ID = `${hostname().slice(0, 40)}-${randomBytes(4).toString('hex')}`
   return config
+}
+
+/**
+ * The send shards a worker consumes, from WORKER_CONSUME_SHARDS.
+ * @throws ConfigError when a listed shard does not exist or is listed twice.
+ */
+export function consumedShards (config: Pick<Config, 'WORKER_SHARDS' | 'WORKER_CONSUME_SHARDS'>): number[] {
+  const all = Array.from({ length: config.WORKER_SHARDS }, (_, i) => i)
+  if (config.WORKER_CONSUME_SHARDS === 'all') return all
+  const listed = config.WORKER_CONSUME_SHARDS.split(',').map(Number)
+  const bad = listed.find((shard) => shard >= config.WORKER_SHARDS)
+  if (bad !== undefined) {
+    throw new ConfigError(`WORKER_CONSUME_SHARDS is invalid (${JSON.stringify(config.WORKER_CONSUME_SHARDS)}): shard ${bad} does not exist with WORKER_SHARDS=${config.WORKER_SHARDS} (shards are 0 to ${config.WORKER_SHARDS - 1})`)
+  }
+  if (new Set(listed).size !== listed.length) {
+    throw new ConfigError(`WORKER_CONSUME_SHARDS is invalid (${JSON.stringify(config.WORKER_CONSUME_SHARDS)}): a shard is listed twice`)
+  }
+  return listed
 }
 
 /**

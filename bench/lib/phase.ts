@@ -21,8 +21,8 @@ export interface PhaseOptions {
   /** Deliveries each acked message (or typing notice) makes: the drain waits for them. */
   fanout: number
   usage: UsageGroup[]
-  /** Worker /metrics URL: persisted/s comes from its counter. */
-  workerUrl?: string
+  /** Workers' /metrics URLs: persisted/s comes from the sum of their counters. */
+  workerUrls?: string[]
   maxInflight?: number
   contentBytes?: number
   drainMaxMs?: number
@@ -47,13 +47,17 @@ export interface PhaseResult {
   report: PoolReport
 }
 
-const persistedCount = async (url: string | undefined) => url === undefined ? undefined : await readMetric(`${url}/metrics`, 'chat_worker_messages_persisted_total')
+async function persistedCount (urls: string[] | undefined): Promise<number | undefined> {
+  if (urls === undefined || urls.length === 0) return undefined
+  const counts = await Promise.all(urls.map((url) => readMetric(`${url}/metrics`, 'chat_worker_messages_persisted_total')))
+  return counts.reduce((a, b) => a + b, 0)
+}
 
 export async function runPhase (o: PhaseOptions): Promise<PhaseResult> {
   const { pool } = o
   await pool.resetHistograms()
   const before = await pool.stats()
-  const p0 = await persistedCount(o.workerUrl)
+  const p0 = await persistedCount(o.workerUrls)
   const usage = new UsageWindow(o.usage).start()
   const started = performance.now()
   await pool.load(o.senders, { kind: o.kind ?? 'message', ratePerSec: o.ratePerSec, durationMs: o.durationMs, maxInflight: o.maxInflight, contentBytes: o.contentBytes })
@@ -74,7 +78,7 @@ export async function runPhase (o: PhaseOptions): Promise<PhaseResult> {
   progressEnd()
   const end = await pool.stats()
   const seconds = (performance.now() - started) / 1000
-  const p1 = await persistedCount(o.workerUrl)
+  const p1 = await persistedCount(o.workerUrls)
   const usageReport = usage.stop()
   const typing = o.kind === 'typing'
   const got = (s: AgentStats) => typing ? s.typingReceived : s.received - s.duplicates
@@ -84,12 +88,12 @@ export async function runPhase (o: PhaseOptions): Promise<PhaseResult> {
   let lastPersisted = p1
   let movedAt = performance.now()
   const settled = async () => {
-    const p = await persistedCount(o.workerUrl)
+    const p = await persistedCount(o.workerUrls)
     if (p !== lastPersisted) { lastPersisted = p; movedAt = performance.now() }
     return performance.now() - movedAt >= 1000
   }
   const drained = await drain(pool, (s) => got(before) + (acks(s) - acks(before)) * o.fanout, got, { label: `${o.label} drain`, maxMs: o.drainMaxMs ?? 60_000, settled })
-  const p2 = await persistedCount(o.workerUrl)
+  const p2 = await persistedCount(o.workerUrls)
   const report = await pool.report()
   const errors: Record<string, number> = {}
   for (const [k, v] of Object.entries(report.stats.errors)) {

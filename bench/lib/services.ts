@@ -39,13 +39,16 @@ export async function countBindings (vhost: string, exchange: string): Promise<n
   return n
 }
 
-export async function queueDepth (vhost: string, queue: string): Promise<number> {
+/** Messages in a queue, or in all of several (the send shards) together. */
+export async function queueDepth (vhost: string, queue: string | string[]): Promise<number> {
+  const names = new Set(typeof queue === 'string' ? [queue] : queue)
   const out = await rabbitmqctl('list_queues', '-p', vhost, '--no-table-headers', 'name', 'messages')
+  let depth = 0
   for (const line of out.split('\n')) {
     const [name, messages] = line.split('\t')
-    if (name === queue) return Number(messages)
+    if (name !== undefined && names.has(name)) depth += Number(messages)
   }
-  return 0
+  return depth
 }
 
 /** A fresh, migrated database; returns its URL. Dropped at cleanup. */

@@ -14,7 +14,12 @@ export interface System {
   vhost: string
   sql: postgres.Sql
   gateways: Array<Proc & { port: number }>
+  /** The first worker, if any. */
   worker: Proc | undefined
+  /** Every worker: one per send shard. */
+  workers: Proc[]
+  /** Names of the send queues (one per shard). */
+  sendQueues: string[]
   proxy: TcpProxy | undefined
 }
 
@@ -22,6 +27,8 @@ export interface SystemOptions {
   gateways: number
   /** Start the worker (default true). */
   worker?: boolean
+  /** Workers, each consuming a send shard of its own (WORKER_SHARDS on every process); default 1. */
+  workers?: number
   gatewayEnv?: Record<string, string>
   workerEnv?: Record<string, string>
   /** Route gateways' AMQP through a proxy of ours (to cut it or delay it). */
@@ -39,8 +46,13 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
   const env: SystemEnv = { amqpUrl: amqpUrl(vhost), databaseUrl, prefix: 'bench' }
   const sql = sqlClient(databaseUrl)
   const popts = { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }
-  // The worker first: gateways' session.open needs it.
-  const worker = opts.worker === false ? undefined : await startWorker(`${tag}-worker`, env, popts, opts.workerEnv)
+  const shards = opts.workers ?? 1
+  const sharding: Record<string, string> = shards > 1 ? { WORKER_SHARDS: String(shards) } : {}
+  // The workers first: gateways' session.open needs them.
+  const workers = opts.worker === false
+    ? []
+    : await Promise.all(Array.from({ length: shards }, (_, i) => startWorker(shards > 1 ? `${tag}-worker-${i}` : `${tag}-worker`, env, popts,
+      { ...sharding, ...(shards > 1 ? { WORKER_CONSUME_SHARDS: String(i) } : {}), ...opts.workerEnv })))
   const gatewayNodeArgs = typeof ctx.opts['gateway-node-args'] === 'string' ? ctx.opts['gateway-node-args'].split(' ').filter((a) => a !== '') : []
   const gatewayOpts = { ...popts, nodeArgs: gatewayNodeArgs, heapSnapshots: opts.heapSnapshots === true }
   let proxy: TcpProxy | undefined
@@ -51,8 +63,9 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
     gatewaySys = { ...env, amqpUrl: amqpUrl(vhost, port) }
   }
   const gateways = await Promise.all(Array.from({ length: opts.gateways }, (_, i) =>
-    startGateway(`${tag}-gateway-${i + 1}`, gatewaySys, gatewayOpts, opts.gatewayEnv)))
-  return { env, vhost, sql, gateways, worker, proxy }
+    startGateway(`${tag}-gateway-${i + 1}`, gatewaySys, gatewayOpts, { ...sharding, ...opts.gatewayEnv })))
+  const sendQueues = Array.from({ length: shards }, (_, i) => i === 0 ? `${env.prefix}.worker` : `${env.prefix}.worker.${i}`)
+  return { env, vhost, sql, gateways, worker: workers[0], workers, sendQueues, proxy }
 }
 
 /** Creates group channels directly in the database (setup, not measured); returns their ids. */
@@ -77,7 +90,7 @@ export async function createGroups (sql: postgres.Sql, groups: string[][], name 
 }
 
 /** The usual groups for CPU/RSS: every process of ours, the harness itself, the services. */
-export function usageGroups (parts: { gateways?: Proc[], worker?: Proc, servers?: Proc[], loadPids?: number[], redis?: boolean, mergeServers?: boolean }): UsageGroup[] {
+export function usageGroups (parts: { gateways?: Proc[], worker?: Proc, workers?: Proc[], servers?: Proc[], loadPids?: number[], redis?: boolean, mergeServers?: boolean }): UsageGroup[] {
   const groups: UsageGroup[] = []
   if (parts.mergeServers === true) {
     // One column for all servers of a system (the peer scenario has many systems).
@@ -87,6 +100,7 @@ export function usageGroups (parts: { gateways?: Proc[], worker?: Proc, servers?
   }
   for (const g of parts.gateways ?? []) groups.push({ name: g.name, pids: () => [g.pid] })
   if (parts.worker !== undefined) { const w = parts.worker; groups.push({ name: parts.mergeServers === true ? 'worker' : w.name, pids: () => [w.pid] }) }
+  for (const w of parts.workers ?? []) groups.push({ name: w.name, pids: () => [w.pid] })
   for (const s of parts.servers ?? []) groups.push({ name: s.name, pids: () => [s.pid] })
   if (parts.loadPids !== undefined) { const p = parts.loadPids; groups.push({ name: 'load', pids: () => p }) }
   groups.push({ name: 'coordinator', pids: () => [process.pid] })

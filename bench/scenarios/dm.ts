@@ -26,7 +26,7 @@ export async function dm (ctx: RunContext): Promise<ScenarioResult> {
   const rate = num(ctx, 'rate', 5000, 500)
   const durationMs = num(ctx, 'duration', 60, 5) * 1000
 
-  const sys = await createSystem(ctx, { gateways, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
+  const sys = await createSystem(ctx, { gateways, workers: num(ctx, 'workers', 1, 1), gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
   const pool = LoadPool.start(num(ctx, 'agents', 2))
   const ids = Array.from({ length: users - (users % 2) }, (_, i) => `dm${i}`)
   // User i on gateway i % n; pairs (2k, 2k+1) therefore sit on different gateways.
@@ -36,8 +36,8 @@ export async function dm (ctx: RunContext): Promise<ScenarioResult> {
   if (connected.ready !== ids.length) throw new Error(`only ${connected.ready}/${ids.length} sockets became ready`)
   const peer = (i: number) => i ^ 1
   const senders = ids.map((_, i) => ({ placement: placements[i]!, target: { toUserId: ids[peer(i)]! } }))
-  const groups = usageGroups({ gateways: sys.gateways, worker: sys.worker, loadPids: pool.pids })
-  const common = { pool, senders, fanout: 2, usage: groups, workerUrl: sys.worker!.url }
+  const groups = usageGroups({ gateways: sys.gateways, workers: sys.workers, loadPids: pool.pids })
+  const common = { pool, senders, fanout: 2, usage: groups, workerUrls: sys.workers.map((w) => w.url) }
 
   const results: PhaseResult[] = []
   results.push(await runPhase({ ...common, label: 'warm-up', ratePerSec: Math.min(500, rate), durationMs: ctx.quick ? 2000 : 4000 }))
@@ -65,7 +65,7 @@ export async function dm (ctx: RunContext): Promise<ScenarioResult> {
 
   const report = await pool.report()
   const delivery = checkDeliveries(report, (s, to) => [s, to])
-  const persisted = await checkPersisted(sys.sql, report, 'messages', await queueDepth(sys.vhost, `${sys.env.prefix}.worker`).catch(() => 0))
+  const persisted = await checkPersisted(sys.sql, report, 'messages', await queueDepth(sys.vhost, sys.sendQueues).catch(() => 0))
   await pool.disconnect()
 
   const targets: ScenarioResult['targets'] = []

@@ -20,7 +20,7 @@ export async function group (ctx: RunContext): Promise<ScenarioResult> {
   const steps = numList(ctx, 'deliveries', [10_000, 25_000, 50_000, 60_000, 75_000], [2000, 5000])
   const stepMs = num(ctx, 'step', 8, 3) * 1000
 
-  const sys = await createSystem(ctx, { gateways, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
+  const sys = await createSystem(ctx, { gateways, workers: num(ctx, 'workers', 1, 1), gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
   const ids = Array.from({ length: users }, (_, i) => `g${i}`)
   // Channels of each size over consecutive users; members alternate gateways.
   const channelsBySize = new Map<number, { id: string, members: string[] }[]>()
@@ -37,7 +37,7 @@ export async function group (ctx: RunContext): Promise<ScenarioResult> {
   const connected = await pool.stats()
   if (connected.ready !== ids.length) throw new Error(`only ${connected.ready}/${ids.length} sockets became ready`)
   const index = new Map(ids.map((u, i) => [u, i]))
-  const usage = usageGroups({ gateways: sys.gateways, worker: sys.worker, loadPids: pool.pids })
+  const usage = usageGroups({ gateways: sys.gateways, workers: sys.workers, loadPids: pool.pids })
 
   const results: PhaseResult[] = []
   const best = new Map<number, number>()
@@ -45,7 +45,7 @@ export async function group (ctx: RunContext): Promise<ScenarioResult> {
   for (const size of sizes) {
     const channels = channelsBySize.get(size)!
     const senders = channels.flatMap((ch) => ch.members.slice(0, sendersPerChannel).map((u) => ({ placement: placements[index.get(u)!]!, target: { channelId: ch.id } })))
-    const common = { pool, senders, fanout: size, usage, workerUrl: sys.worker!.url }
+    const common = { pool, senders, fanout: size, usage, workerUrls: sys.workers.map((w) => w.url) }
     if (first) {
       results.push(await runPhase({ ...common, label: 'warm-up', ratePerSec: 200, durationMs: 2000 }))
       first = false
@@ -62,7 +62,7 @@ export async function group (ctx: RunContext): Promise<ScenarioResult> {
 
   const report = await pool.report()
   const delivery = checkDeliveries(report, (_s, channelId) => members.get(channelId) ?? [])
-  const persisted = await checkPersisted(sys.sql, report, 'messages', await queueDepth(sys.vhost, `${sys.env.prefix}.worker`).catch(() => 0))
+  const persisted = await checkPersisted(sys.sql, report, 'messages', await queueDepth(sys.vhost, sys.sendQueues).catch(() => 0))
   await pool.disconnect()
   const top = Math.max(0, ...best.values())
   return {

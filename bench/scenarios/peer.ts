@@ -103,7 +103,7 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
       const dmSenders = ids.map((u, i) => ({ placement: at(u), target: { toUserId: ids[i ^ 1]! } as SendTarget }))
       const groupSenders = bigGroups.flatMap((g, c) => g.slice(0, 2).map((u) => ({ placement: at(u), target: { channelId: bigIds[c]! } as SendTarget })))
       const typingSenders = smallGroups.flatMap((g, c) => g.slice(0, 2).map((u) => ({ placement: at(u), target: { channelId: smallIds[c]! } as SendTarget })))
-      const base = { pool, usage, ...(worker !== undefined ? { workerUrl: worker.url } : {}) }
+      const base = { pool, usage, ...(worker !== undefined ? { workerUrls: [worker.url] } : {}) }
       await runPhase({ ...base, label: `${tag} warm-up`, senders: dmSenders, fanout: 2, ratePerSec: Math.min(300, dmRate), durationMs: 2000 })
 
       const plan: Array<{ w: Workload, senders: typeof dmSenders, fanout: number, rate: number, kind: 'message' | 'typing' }> = []

@@ -1,8 +1,9 @@
 /**
- * worker: the worker queue is preloaded with SendCommand envelopes while no worker
+ * worker: the send queues are preloaded with SendCommand envelopes while no worker
  * runs (published as a gateway does: persistent, confirmed, to the incoming
- * exchange), then a worker starts and we time how fast it persists them alone.
- * One pass per variant of worker settings (defaults, then tuned).
+ * exchange, routed by shard), then the workers start and we time how fast they persist
+ * them alone. One pass per variant of worker settings (defaults, then tuned).
+ * `--workers N`: N send shards, one worker process each.
  */
 import { randomUUID } from 'node:crypto'
 import { Connection } from 'rabbitmq-client'
@@ -16,9 +17,11 @@ import { createGroups, createSystem, usageGroups } from '../lib/system.js'
 import { queueDepth } from '../lib/services.js'
 import { UsageWindow, type UsageReport } from '../lib/usage.js'
 import { ENVELOPE_VERSION, type SendCommand } from '../../src/contracts/envelopes.js'
+import { sendShard } from '../../src/broker/shards.js'
+import { sendRoute } from '../../src/broker/topology.js'
 
 /** Publishes every command as a gateway would; returns the time it took and the queue's depth after. */
-async function preload (amqpUrl: string, exchange: string, queue: string, commands: () => Iterable<SendCommand>, total: number, label: string): Promise<{ ms: number, depth: number }> {
+async function preload (amqpUrl: string, exchange: string, queues: string[], commands: () => Iterable<SendCommand>, total: number, label: string): Promise<{ ms: number, depth: number }> {
   const conn = new Connection({ url: amqpUrl, noDelay: true, frameMax: 131_072 })
   onCleanup('close preload connection', () => conn.close())
   const pub = conn.createPublisher({ confirm: true, maxAttempts: 1 })
@@ -27,7 +30,7 @@ async function preload (amqpUrl: string, exchange: string, queue: string, comman
   const inflight = new Set<Promise<void>>()
   let sent = 0
   for (const command of commands()) {
-    const p: Promise<void> = pub.send({ exchange, routingKey: 'message.send', durable: true, contentType: 'application/json', messageId: command.clientMsgId }, command)
+    const p: Promise<void> = pub.send({ exchange, routingKey: sendRoute(sendShard(command, queues.length)), durable: true, contentType: 'application/json', messageId: command.clientMsgId }, command)
       .finally(() => inflight.delete(p))
     inflight.add(p)
     sent++
@@ -38,9 +41,10 @@ async function preload (amqpUrl: string, exchange: string, queue: string, comman
   const ms = performance.now() - started
   progressEnd()
   await pub.close()
-  const { messageCount } = await conn.queueDeclare({ queue, passive: true })
+  let depth = 0
+  for (const queue of queues) depth += (await conn.queueDeclare({ queue, passive: true })).messageCount
   await conn.close()
-  return { ms, depth: messageCount }
+  return { ms, depth }
 }
 
 const cpuPerMsg = (u: UsageReport, group: string, n: number) => n > 0 ? Math.round((u.groups.find((g) => g.name === group)?.cpuSeconds ?? 0) * 1e6 / n) : 0
@@ -49,16 +53,17 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
   const messages = num(ctx, 'messages', 50_000, 5000)
   const users = num(ctx, 'users', 1000, 100)
   const target = String(ctx.opts.target ?? 'dm')
+  const shards = num(ctx, 'workers', 1, 1)
   const variants: Array<{ name: string, env: Record<string, string> }> = [
     { name: 'defaults', env: envOption(ctx, 'worker-env') },
     { name: 'tuned', env: { WORKER_PREFETCH: '2000', WORKER_BATCH_MAX: '1000', WORKER_BATCH_WAIT_MS: '5', ...envOption(ctx, 'tuned-env') } }
   ].filter((v) => ctx.opts.variants === undefined || String(ctx.opts.variants).split(',').includes(v.name))
 
   // The worker declares the topology; stopped at once so the queue only fills.
-  const sys = await createSystem(ctx, { gateways: 0, tag: 'ours' })
-  await sys.worker!.stop()
+  const sys = await createSystem(ctx, { gateways: 0, workers: shards, tag: 'ours' })
+  await Promise.all(sys.workers.map((w) => w.stop()))
   const exchange = `${sys.env.prefix}.incoming`
-  const queue = `${sys.env.prefix}.worker`
+  const queues = sys.sendQueues
   const ids = Array.from({ length: users }, (_, i) => `w${i}`)
   // dm: user i writes to i^1. group: channels of 10, every member writes to its channel.
   const channelOf: string[] = []
@@ -81,16 +86,20 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
   const results: Array<{ variant: string, env: Record<string, string>, steadyPerSec: number, overallPerSec: number, seconds: number, persisted: number }> = []
   let before = 0
   for (const v of variants) {
-    const { ms: preloadMs, depth } = await preload(sys.env.amqpUrl, exchange, queue, commands, messages, v.name)
+    const { ms: preloadMs, depth } = await preload(sys.env.amqpUrl, exchange, queues, commands, messages, v.name)
     const spawned = performance.now()
-    const w = await startWorker(`worker-${v.name}`, sys.env, { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }, v.env, false)
-    const usage = new UsageWindow(usageGroups({ worker: w })).start()
+    const sharding = (i: number): Record<string, string> => shards > 1 ? { WORKER_SHARDS: String(shards), WORKER_CONSUME_SHARDS: String(i) } : {}
+    const ws = await Promise.all(Array.from({ length: shards }, (_, i) =>
+      startWorker(shards > 1 ? `worker-${v.name}-${i}` : `worker-${v.name}`, sys.env, { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }, { ...sharding(i), ...v.env }, false)))
+    const sum = async (metric: string) => (await Promise.all(ws.map((w) => readMetric(`${w.url}/metrics`, metric)))).reduce((a, b) => a + b, 0)
+    const usage = new UsageWindow(usageGroups({ workers: ws })).start()
     const marks: Array<{ t: number, n: number }> = []
     let n = 0
     while (n < messages && performance.now() - spawned < 180_000) {
       await sleep(100)
-      if (w.child.exitCode !== null) throw new Error(`worker exited; see ${w.log}`)
-      try { n = await readMetric(`${w.url}/metrics`, 'chat_worker_messages_persisted_total') } catch { continue }
+      const exited = ws.find((w) => w.child.exitCode !== null)
+      if (exited !== undefined) throw new Error(`worker exited; see ${exited.log}`)
+      try { n = await sum('chat_worker_messages_persisted_total') } catch { continue }
       marks.push({ t: performance.now(), n })
       progress(`${v.name}: persisted ${n}/${messages}`)
     }
@@ -105,10 +114,10 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
     const seconds = last === undefined ? 0 : (last.t - spawned) / 1000
     // Stopping now would hand back the last batches before their acks: wait until the queue is empty.
     const drainStart = performance.now()
-    while (performance.now() - drainStart < 30_000 && await queueDepth(sys.vhost, queue).catch(() => 0) > 0) await sleep(250)
-    const batches = await readMetric(`${w.url}/metrics`, 'chat_worker_batch_size_count')
-    const dbSeconds = await readMetric(`${w.url}/metrics`, 'chat_worker_db_batch_seconds_sum')
-    await w.stop()
+    while (performance.now() - drainStart < 30_000 && await queueDepth(sys.vhost, queues).catch(() => 0) > 0) await sleep(250)
+    const batches = await sum('chat_worker_batch_size_count')
+    const dbSeconds = await sum('chat_worker_db_batch_seconds_sum')
+    await Promise.all(ws.map((w) => w.stop()))
     const [row] = await sys.sql<Array<{ n: number, u: number }>>`select count(*)::int as n, count(distinct (sender_id, client_msg_id))::int as u from messages`
     const [gaps] = await sys.sql<Array<{ n: number }>>`select count(*)::int as n from (select channel_id from messages group by channel_id having max(seq) <> count(*)) g`
     const stored = (row?.n ?? 0) - before
@@ -126,9 +135,9 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
       'seq gaps': gaps?.n ?? 0,
       'batch avg': batches > 0 ? Math.round(n / batches) : 0,
       'db ms/batch': batches > 0 ? Math.round(dbSeconds / batches * 10000) / 10 : 0,
-      'queue left': await queueDepth(sys.vhost, queue).catch(() => -1),
+      'queue left': await queueDepth(sys.vhost, queues).catch(() => -1),
       // CPU per message holds up better than msg/s on a shared machine.
-      'worker CPU µs/msg': cpuPerMsg(u, w.name, n),
+      'worker CPU µs/msg': ws.reduce((a, w) => a + cpuPerMsg(u, w.name, n), 0),
       'rabbitmq µs/msg': cpuPerMsg(u, 'rabbitmq', n),
       'postgres µs/msg': cpuPerMsg(u, 'postgres', n)
     })
@@ -136,11 +145,11 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
   const best = Math.max(0, ...results.map((r) => r.steadyPerSec))
   return {
     scenario: 'worker',
-    title: `worker: ${messages} ${target} sends preloaded, then one worker persists them alone`,
+    title: `worker: ${messages} ${target} sends preloaded, then ${shards > 1 ? `${shards} workers (one per send shard)` : 'one worker'} persist them alone`,
     rows,
     targets: [{ name: 'worker persisted messages/s in batch mode', target: '≥ 20,000/s', measured: results.map((r) => `${r.variant}: ${Math.round(r.steadyPerSec)}/s`).join(', '), met: ctx.quick ? null : best >= 20_000 }],
     usage: usages,
     notes: ['deliveries are published to the outgoing exchange as usual; no gateway is bound, so the broker drops them after confirming'],
-    details: { messages, users, target, results }
+    details: { messages, users, target, workers: shards, results }
   }
 }

@@ -14,8 +14,12 @@ export function brokerNames (prefix: string) {
     incoming: `${prefix}.incoming`,
     /** Durable direct exchange routed by `user:{id}` and `channel:{id}` bindings. */
     outgoing: `${prefix}.outgoing`,
-    /** Durable quorum queue of sends, consumed by workers. */
-    workerQueue: `${prefix}.worker`,
+    /**
+     * Durable quorum queue of one shard of the sends (src/broker/shards.ts), consumed by
+     * one worker at a time. Shard 0 keeps the name of the single queue of old, so going
+     * from one shard to several keeps the queue that holds the backlog.
+     */
+    sendQueue: (shard: number) => shard === 0 ? `${prefix}.worker` : `${prefix}.worker.${shard}`,
     /** Durable queue of reads and channel commands (RPC with direct reply-to). */
     rpcQueue: `${prefix}.worker.rpc`,
     /** Where messages the worker can never process go, with the reason in a header. */
@@ -39,6 +43,8 @@ export function brokerNames (prefix: string) {
 
 /** Routing keys on the incoming exchange. */
 export const ROUTE_SEND = 'message.send'
+/** The routing key of one send shard; shard 0 keeps the key of the single queue of old. */
+export const sendRoute = (shard: number) => shard === 0 ? ROUTE_SEND : `${ROUTE_SEND}.${shard}`
 export const ROUTE_RPC = 'rpc'
 export const ROUTE_DEAD = 'dead'
 
@@ -71,24 +77,30 @@ type QueueSpec = {
   bindings: Array<MethodParams[Cmd.QueueBind]>
 }
 
-export function queueSpecs (n: BrokerNames): Record<'worker' | 'rpc' | 'deadLetter', QueueSpec> {
+function sendQueueSpec (n: BrokerNames, shard: number): QueueSpec {
+  const queue = n.sendQueue(shard)
   return {
-    worker: {
-      queue: n.workerQueue,
-      options: {
-        durable: true,
-        arguments: {
-          'x-queue-type': 'quorum',
-          'x-dead-letter-exchange': n.deadLetterExchange,
-          'x-dead-letter-routing-key': ROUTE_DEAD,
-          'x-delivery-limit': WORKER_DELIVERY_LIMIT,
-          // One worker consumes at a time (the others stand by), so messages are stored
-          // in queue order and a sender's messages keep their order in seq.
-          'x-single-active-consumer': true
-        }
-      },
-      bindings: [{ queue: n.workerQueue, exchange: n.incoming, routingKey: ROUTE_SEND }]
+    queue,
+    options: {
+      durable: true,
+      arguments: {
+        'x-queue-type': 'quorum',
+        'x-dead-letter-exchange': n.deadLetterExchange,
+        'x-dead-letter-routing-key': ROUTE_DEAD,
+        'x-delivery-limit': WORKER_DELIVERY_LIMIT,
+        // One worker consumes a shard at a time (the others stand by), so a shard's
+        // messages are stored in queue order and a sender's messages keep their order in seq.
+        'x-single-active-consumer': true
+      }
     },
+    bindings: [{ queue, exchange: n.incoming, routingKey: sendRoute(shard) }]
+  }
+}
+
+/** Every durable queue: `shards` send queues, the RPC queue and the dead-letter queue. */
+export function queueSpecs (n: BrokerNames, shards: number): { sends: QueueSpec[], rpc: QueueSpec, deadLetter: QueueSpec } {
+  return {
+    sends: Array.from({ length: shards }, (_, shard) => sendQueueSpec(n, shard)),
     // Requests carry a per-message expiration equal to the caller's timeout.
     rpc: {
       queue: n.rpcQueue,
@@ -104,8 +116,9 @@ export function queueSpecs (n: BrokerNames): Record<'worker' | 'rpc' | 'deadLett
 }
 
 /** The whole durable topology, in the shape createPublisher replays on every channel reset. */
-export function publisherTopology (n: BrokerNames) {
-  const specs = Object.values(queueSpecs(n))
+export function publisherTopology (n: BrokerNames, shards: number) {
+  const { sends, rpc, deadLetter } = queueSpecs(n, shards)
+  const specs = [...sends, rpc, deadLetter]
   return {
     exchanges: exchangeDeclarations(n),
     queues: specs.map((s) => ({ ...s.options, queue: s.queue })),
@@ -114,8 +127,8 @@ export function publisherTopology (n: BrokerNames) {
 }
 
 /** One queue's declaration, in the shape createConsumer replays on every channel reset. */
-export function consumerTopology (n: BrokerNames, which: 'worker' | 'rpc') {
-  const spec = queueSpecs(n)[which]
+export function consumerTopology (n: BrokerNames, which: 'rpc' | { sendShard: number }) {
+  const spec = which === 'rpc' ? queueSpecs(n, 0).rpc : sendQueueSpec(n, which.sendShard)
   return {
     queue: spec.queue,
     queueOptions: spec.options,
@@ -130,8 +143,8 @@ export function consumerTopology (n: BrokerNames, which: 'worker' | 'rpc') {
  * dead-letter queue exists before the broker's own dead-lettering (delivery limit)
  * might need it — a dead-letter exchange with no queue drops messages silently.
  */
-export async function declareTopology (connection: Connection, n: BrokerNames): Promise<void> {
-  const t = publisherTopology(n)
+export async function declareTopology (connection: Connection, n: BrokerNames, shards: number): Promise<void> {
+  const t = publisherTopology(n, shards)
   for (const e of t.exchanges) await connection.exchangeDeclare(e)
   for (const q of t.queues) await connection.queueDeclare(q)
   for (const b of t.queueBindings) await connection.queueBind(b)

@@ -2,7 +2,8 @@
  * Client events of protocol v1 (docs/PROTOCOL.md). senderId and userId always come
  * from the verified token, never from a payload.
  */
-import { ROUTE_SEND } from '../broker/topology.js'
+import { sendShard } from '../broker/shards.js'
+import { sendRoute } from '../broker/topology.js'
 import { PublishError } from '../broker/publisher.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
 import { isOpen } from '../broker/socket.js'
@@ -48,7 +49,8 @@ export const routes = {
     // Disconnected, rabbitmq-client would hold the publish and send it after reconnecting,
     // possibly long after the client was told UNAVAILABLE: refuse instead of queueing.
     if (!isOpen(broker.publishConnection)) throw refuse(ctx, 'disconnected', 'not connected to the broker; retry later with the same clientMsgId')
-    if (broker.backlog.over) throw refuse(ctx, 'backlog', `${broker.backlog.depth ?? 'too many'} messages are waiting to be stored; retry later with the same clientMsgId`)
+    const shard = sendShard({ senderId: socket.data.userId, toUserId: p.toUserId, channelId }, config.WORKER_SHARDS)
+    if (broker.backlog.over(shard)) throw refuse(ctx, 'backlog', `${broker.backlog.depth(shard) ?? 'too many'} messages are waiting to be stored; retry later with the same clientMsgId`)
     const command: SendCommand = {
       v: ENVELOPE_VERSION,
       senderId: socket.data.userId,
@@ -61,7 +63,7 @@ export const routes = {
     try {
       await broker.publisher.publish({
         exchange: broker.names.incoming,
-        routingKey: ROUTE_SEND,
+        routingKey: sendRoute(shard),
         durable: true,
         // Confirms alone would also confirm a message no queue took.
         mandatory: true,

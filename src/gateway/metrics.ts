@@ -14,7 +14,7 @@ export interface GaugeSources {
   bindings: () => BindingStats
   ready: () => boolean
   draining: () => boolean
-  /** Depth of the worker queue at the last read; undefined when unknown or not watched. */
+  /** Depth of the deepest send queue at the last read; undefined when unknown or not watched. */
   backlog: () => number | undefined
 }
 
@@ -46,7 +46,7 @@ export function createGatewayMetrics (labels: { server_id: string, region: strin
   gauge('chat_gateway_bind_operations_pending', 'Bind/unbind operations queued or in flight.', (s) => s.bindings().pending)
   gauge('chat_gateway_ready', '1 when /ready answers 200.', (s) => s.ready() ? 1 : 0)
   gauge('chat_gateway_draining', '1 while shutting down.', (s) => s.draining() ? 1 : 0)
-  gauge('chat_gateway_worker_backlog_messages', 'Messages waiting in the worker queue at the last read (NaN when unknown); sends are refused over SEND_BACKLOG_MAX. Alert on this: the active worker is not keeping up.', (s) => s.backlog() ?? Number.NaN)
+  gauge('chat_gateway_worker_backlog_messages', 'Messages waiting in the deepest send queue (shard) at the last read (NaN when unknown); sends to a shard are refused while its queue is over SEND_BACKLOG_MAX. Alert on this: a shard\'s active worker is not keeping up.', (s) => s.backlog() ?? Number.NaN)
 
   return {
     registry,

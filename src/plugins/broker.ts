@@ -46,7 +46,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   const publishConnection = open('publish')
   // Declaring the worker's queues here too means a send is never confirmed into an
   // exchange with nothing behind it, even before the first worker starts.
-  const publisher = new ConfirmedPublisher(publishConnection, publisherTopology(names))
+  const publisher = new ConfirmedPublisher(publishConnection, publisherTopology(names, config.WORKER_SHARDS))
   const ephemeral = publishConnection.createPublisher({ confirm: false })
   let blocked = false
   publishConnection.on('connection.blocked', () => { blocked = true })
@@ -58,10 +58,10 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   // On the consuming connection: a publishing one stops reading under a broker alarm.
   const backlog = new BacklogWatch({
     connection: consumeConnection,
-    queue: names.workerQueue,
+    queues: Array.from({ length: config.WORKER_SHARDS }, (_, shard) => names.sendQueue(shard)),
     max: config.SEND_BACKLOG_MAX,
     intervalMs: config.SEND_BACKLOG_CHECK_MS,
-    onError: (err) => app.log.debug({ err }, 'could not read the worker queue depth')
+    onError: (err) => app.log.debug({ err }, 'could not read the depth of a send queue')
   })
 
   app.decorate('broker', {

@@ -5,7 +5,7 @@
  */
 import type { AsyncMessage, Connection, Consumer } from 'rabbitmq-client'
 import { ConsumerStatus } from 'rabbitmq-client'
-import type { Config } from '../config.js'
+import { consumedShards, type Config } from '../config.js'
 import type { Delivery } from '../contracts/envelopes.js'
 import { openConnection } from '../broker/connection.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
@@ -70,8 +70,9 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   const db = database ?? openDatabase({ url: config.DATABASE_URL, max: config.DB_POOL_MAX, prepare: config.DB_PREPARE, applicationName: `chat-worker ${config.SERVER_ID}` })
   const consumeConn: Connection = openConnection({ url: config.AMQP_URL, name: `worker:${config.SERVER_ID}:consume`, heartbeatSeconds: config.AMQP_HEARTBEAT_S, log })
   const publishConn: Connection = openConnection({ url: config.AMQP_URL, name: `worker:${config.SERVER_ID}:publish`, heartbeatSeconds: config.AMQP_HEARTBEAT_S, log })
-  const publisher = new ConfirmedPublisher(publishConn, { exchanges: publisherTopology(names).exchanges })
-  const deadLetterPublisher = new ConfirmedPublisher(publishConn, publisherTopology(names))
+  const shards = consumedShards(config)
+  const publisher = new ConfirmedPublisher(publishConn, { exchanges: publisherTopology(names, config.WORKER_SHARDS).exchanges })
+  const deadLetterPublisher = new ConfirmedPublisher(publishConn, publisherTopology(names, config.WORKER_SHARDS))
   const messages = createMessagesRepository(db.db)
   const channels = createChannelsRepository(db.db)
 
@@ -79,7 +80,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   let databaseUp = true
   /** Reads (ping, RPC) tell whether the database answers; batches whether it takes writes. */
   const dbHealth = { answers: true, writes: true }
-  const ready = { sends: false, rpc: false }
+  const ready = { rpc: false }
   const setDatabaseState = (part: 'answers' | 'writes', up: boolean) => {
     dbHealth[part] = up
     // A `select 1` that works says nothing of a write path that fails (a read-only
@@ -118,6 +119,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     max: config.WORKER_BATCH_MAX,
     waitMs: config.WORKER_BATCH_WAIT_MS,
     // One batch at a time keeps seq in queue order; deliveries overlap the next batch.
+    // The shards this process consumes share it: their channels never overlap.
     concurrency: 1,
     run: (items) => pipeline.run(items),
     onError: (err, items) => {
@@ -128,12 +130,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
 
   /** Handlers of sends given back at shutdown: resolved once their channel is closed. */
   const givenBack: Array<() => void> = []
-  const sends: Consumer = consumeConn.createConsumer({
-    ...consumerTopology(names, 'worker'),
-    qos: { prefetchCount: config.WORKER_PREFETCH },
-    concurrency: config.WORKER_PREFETCH,
-    requeue: true
-  }, (msg) => new Promise<ConsumerStatus>((resolve) => {
+  const onSend = (msg: AsyncMessage) => new Promise<ConsumerStatus>((resolve) => {
     // Its nack, once the channel is closed, fails and is ignored: the broker has it back.
     const giveBack = () => givenBack.push(() => resolve(ConsumerStatus.REQUEUE))
     if (closing !== undefined) {
@@ -150,7 +147,15 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
         else resolve(status)
       }
     })
-  }))
+  })
+  const sends: Consumer[] = shards.map((shard) => consumeConn.createConsumer({
+    ...consumerTopology(names, { sendShard: shard }),
+    qos: { prefetchCount: config.WORKER_PREFETCH },
+    concurrency: config.WORKER_PREFETCH,
+    requeue: true
+  }, onSend))
+  /** Send consumers subscribed since the connection last failed. */
+  const sendsReady = new Set<Consumer>()
 
   const handleRpc = createRpcHandler({
     channels,
@@ -174,10 +179,12 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     if (msg.replyTo !== undefined) await reply(response)
   })
 
+  const allReady = () => ready.rpc && sendsReady.size === sends.length
   const watch = (name: 'sends' | 'rpc', consumer: Consumer) => {
     consumer.on('ready', () => {
-      ready[name] = true
-      metrics.brokerUp.set(ready.sends && ready.rpc ? 1 : 0)
+      if (name === 'rpc') ready.rpc = true
+      else sendsReady.add(consumer)
+      metrics.brokerUp.set(allReady() ? 1 : 0)
       log.info({ queue: consumer.queue }, `worker consuming ${name}`)
     })
     consumer.on('error', (err) => {
@@ -186,13 +193,13 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       else log.debug({ err }, `worker ${name} consumer error while stopping`)
     })
   }
-  sends.on('ready', () => {
-    declareTopology(consumeConn, names).catch((err: unknown) => log.warn({ err }, 'could not declare the dead-letter topology'))
+  sends[0]?.on('ready', () => {
+    declareTopology(consumeConn, names, config.WORKER_SHARDS).catch((err: unknown) => log.warn({ err }, 'could not declare the dead-letter topology'))
   })
-  watch('sends', sends)
+  for (const consumer of sends) watch('sends', consumer)
   watch('rpc', rpc)
   consumeConn.on('error', () => {
-    ready.sends = false
+    sendsReady.clear()
     ready.rpc = false
     metrics.brokerUp.set(0)
   })
@@ -207,7 +214,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   }, 5000)
   ping.unref()
 
-  const brokerUp = () => isOpen(consumeConn) && ready.sends && ready.rpc && sends.queue !== '' && rpc.queue !== ''
+  const brokerUp = () => isOpen(consumeConn) && allReady() && sends.every((c) => c.queue !== '') && rpc.queue !== ''
 
   async function shutdown (): Promise<void> {
     clearInterval(ping)
@@ -224,10 +231,10 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     // Nacks would hand them straight back to this worker (still the active consumer),
     // each costing one of the queue's delivery attempts, and cancelling first would let
     // a standby store newer sends before these: seq out of order.
-    const stopping = sends.close() // from here on the consumer does not subscribe again
-    await consumerChannel(sends)?.close()
+    const stopping = sends.map((c) => c.close()) // from here on the consumers do not subscribe again
+    await Promise.all(sends.map((c) => consumerChannel(c)?.close()))
     for (const resolve of givenBack.splice(0)) resolve()
-    await Promise.all([stopping, rpcStopping])
+    await Promise.all([...stopping, rpcStopping])
     await Promise.all([publisher.close(), deadLetterPublisher.close()])
     await Promise.all([consumeConn.close(), publishConn.close()])
     if (database === undefined) await db.close()

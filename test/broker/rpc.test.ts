@@ -20,7 +20,7 @@ const names = brokerNames('chat')
 
 const server = new Connection(url)
 t.teardown(() => server.close())
-await declareTopology(server, names)
+await declareTopology(server, names, 1)
 const responder = server.createConsumer({ ...consumerTopology(names, 'rpc'), qos: { prefetchCount: 64 }, concurrency: 32 }, async (req, reply) => {
   await reply({ ok: true, result: { channels: [], echo: (req.body as { userId: string }).userId } })
 })

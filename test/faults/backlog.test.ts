@@ -41,7 +41,7 @@ t.test('sends are refused while the worker queue is over the limit, and taken ag
     t.equal(res.ok, true, `send ${i} is taken below the limit`)
     accepted.push(`queued ${i}`)
   }
-  await waitUntil(() => gw.app.broker.backlog.over, 5000, 'the gateway sees the backlog')
+  await waitUntil(() => gw.app.broker.backlog.over(), 5000, 'the gateway sees the backlog')
 
   const refusedId = randomUUID()
   const refused = await ann.request<{ ok: boolean, error?: { code: string, message: string } }>('message:send', { toUserId: 'ben', content: 'refused', clientMsgId: refusedId })
@@ -52,7 +52,7 @@ t.test('sends are refused while the worker queue is over the limit, and taken ag
   t.equal(gw.app.gatewayReady(), true, 'a deep worker queue does not make the gateway unready: other gateways share it')
 
   await startTestWorker(t, { amqpUrl, databaseUrl })
-  await waitUntil(() => !gw.app.broker.backlog.over, 15_000, 'the gateway takes sends again')
+  await waitUntil(() => !gw.app.broker.backlog.over(), 15_000, 'the gateway takes sends again')
   const retried = await ann.send({ toUserId: 'ben' }, 'refused', refusedId)
   t.equal(retried.ok, true, 'the refused send, retried with its clientMsgId, is taken')
 
@@ -66,6 +66,6 @@ t.test('sends are refused while the worker queue is over the limit, and taken ag
 t.test('SEND_BACKLOG_MAX=0 turns the watch off', async (t) => {
   const off = await startTestGateway(t, { amqpUrl, databaseUrl }, { SEND_BACKLOG_MAX: '0', SEND_BACKLOG_CHECK_MS: '50' })
   await off.app.broker.backlog.read()
-  t.equal(off.app.broker.backlog.depth, undefined, 'never read')
-  t.equal(off.app.broker.backlog.over, false)
+  t.equal(off.app.broker.backlog.depth(), undefined, 'never read')
+  t.equal(off.app.broker.backlog.over(), false)
 })

@@ -1,0 +1,52 @@
+/**
+ * Sends are spread over WORKER_SHARDS send queues by channel. Each queue has a single
+ * active consumer, so one worker stores a channel's sends in queue order (a sender's
+ * messages keep their order in `seq`), while different channels are stored by
+ * different workers at once: persistence scales out instead of being one thread.
+ *
+ * The function is part of the wire contract between gateways and workers of every
+ * version: changing it would move channels between queues exactly as changing the
+ * shard count does (docs/OPERATIONS.md, "Send shards").
+ */
+
+/** Most send queues; enough for 64 worker processes, few enough to watch each. */
+export const MAX_SEND_SHARDS = 64
+
+/** What decides a send's shard: its group channel, or the pair of users of a direct message. */
+export interface ShardKey {
+  senderId: string
+  toUserId?: string
+  channelId?: string
+}
+
+/**
+ * 32-bit FNV-1a over UTF-16 code units, then MurmurHash3's finalizer: stable across
+ * processes, versions and platforms. Without the finalizer, FNV's low bit is the parity
+ * of the characters' low bits, and `% 2` sent every key of a test to one shard.
+ */
+function hash32 (text: string): number {
+  let h = 0x811c9dc5
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  h ^= h >>> 16
+  h = Math.imul(h, 0x85ebca6b)
+  h ^= h >>> 13
+  h = Math.imul(h, 0xc2b2ae35)
+  h ^= h >>> 16
+  return h >>> 0
+}
+
+/** The shard (0 … shards − 1) that stores `send`. Both directions of a direct channel share one. */
+export function sendShard (send: ShardKey, shards: number): number {
+  if (shards <= 1) return 0
+  let key: string
+  if (send.channelId !== undefined) {
+    key = `c\n${send.channelId}`
+  } else {
+    const to = send.toUserId ?? send.senderId
+    key = send.senderId < to ? `d\n${send.senderId}\n${to}` : `d\n${to}\n${send.senderId}`
+  }
+  return hash32(key) % shards
+}
