@@ -88,7 +88,7 @@ export async function dm (ctx: RunContext): Promise<ScenarioResult> {
   }
   return {
     scenario: 'dm',
-    title: `dm: ${ids.length} users over ${gateways} gateways, 1 worker (connect ${(conn.durationMs / 1000).toFixed(1)} s)`,
+    title: `dm: ${ids.length} users over ${gateways} gateways, ${sys.workers.length} worker${sys.workers.length === 1 ? '' : 's'} (connect ${(conn.durationMs / 1000).toFixed(1)} s)`,
     rows: results.map(phaseRow),
     targets,
     usage: results.filter((r) => r.label !== 'warm-up').map((r) => ({ phase: r.label, ...r.usage })),

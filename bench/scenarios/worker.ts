@@ -145,7 +145,7 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
   const best = Math.max(0, ...results.map((r) => r.steadyPerSec))
   return {
     scenario: 'worker',
-    title: `worker: ${messages} ${target} sends preloaded, then ${shards > 1 ? `${shards} workers (one per send shard)` : 'one worker'} persist them alone`,
+    title: `worker: ${messages} ${target} sends preloaded, then ${shards > 1 ? `${shards} workers (one per send shard)` : 'one worker persists'}${shards > 1 ? ' persist' : ''} them alone`,
     rows,
     targets: [{ name: 'worker persisted messages/s in batch mode', target: '≥ 20,000/s', measured: results.map((r) => `${r.variant}: ${Math.round(r.steadyPerSec)}/s`).join(', '), met: ctx.quick ? null : best >= 20_000 }],
     usage: usages,

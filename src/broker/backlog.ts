@@ -22,6 +22,8 @@ export interface BacklogWatchOptions {
   intervalMs: number
   /** Called when a read fails (queue not declared yet, connection down). */
   onError?: (err: unknown) => void
+  /** Called when a shard's queue is found with no consumer after having one (or at the first read): its sends wait for a worker. */
+  onUnconsumed?: (shard: number, queue: string) => void
 }
 
 /** Below this share of `max` the watch accepts again, so it does not flap at the limit. */
@@ -33,6 +35,8 @@ export class BacklogWatch {
   /** By shard; undefined where the last read failed. */
   #depths: Array<number | undefined>
   #over: boolean[]
+  /** By shard: consumers at the last read; undefined where unknown. */
+  #consumers: Array<number | undefined>
   #reading = false
   #closed = false
 
@@ -40,17 +44,31 @@ export class BacklogWatch {
     this.#o = options
     this.#depths = options.queues.map(() => undefined)
     this.#over = options.queues.map(() => false)
+    this.#consumers = options.queues.map(() => undefined)
     if (options.max > 0) {
       this.#timer = setInterval(() => { void this.read() }, options.intervalMs)
       this.#timer.unref()
     }
   }
 
-  /** Messages waiting in a shard's queue (the deepest without `shard`) at the last read; undefined if never read or off. */
+  /** Messages waiting in a shard's queue (the deepest without `shard`) at the last read; undefined if unknown, never read or off. */
   depth (shard?: number): number | undefined {
     if (shard !== undefined) return this.#depths[shard]
-    const known = this.#depths.filter((d) => d !== undefined)
-    return known.length === 0 ? undefined : Math.max(...known)
+    let deepest = 0
+    for (const d of this.#depths) {
+      if (d === undefined) return undefined
+      deepest = Math.max(deepest, d)
+    }
+    return deepest
+  }
+
+  /**
+   * Shards whose queue had no consumer at the last read: no worker stores their sends (a
+   * WORKER_SHARDS or WORKER_CONSUME_SHARDS that does not match the gateways', or every
+   * worker of the shard down). Their sends are confirmed and wait.
+   */
+  unconsumed (): number {
+    return this.#consumers.filter((c) => c === 0).length
   }
 
   /** True while a shard's backlog (any shard's, without `shard`) is over the limit, until it falls below 80 % of it. */
@@ -65,14 +83,17 @@ export class BacklogWatch {
     try {
       for (const [shard, queue] of this.#o.queues.entries()) {
         try {
-          const { messageCount } = await this.#o.connection.queueDeclare({ queue, passive: true })
+          const { messageCount, consumerCount } = await this.#o.connection.queueDeclare({ queue, passive: true })
           this.#depths[shard] = messageCount
+          if (consumerCount === 0 && this.#consumers[shard] !== 0) this.#o.onUnconsumed?.(shard, queue)
+          this.#consumers[shard] = consumerCount
           if (messageCount >= this.#o.max) this.#over[shard] = true
           else if (messageCount < this.#o.max * RESUME_AT) this.#over[shard] = false
         } catch (err) {
           // Unknown depth: stop refusing. If the broker is really gone, sends fail on their own.
           this.#depths[shard] = undefined
           this.#over[shard] = false
+          this.#consumers[shard] = undefined
           this.#o.onError?.(err)
         }
       }

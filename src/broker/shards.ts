@@ -38,7 +38,10 @@ function hash32 (text: string): number {
   return h >>> 0
 }
 
-/** The shard (0 … shards − 1) that stores `send`. Both directions of a direct channel share one. */
+/**
+ * The shard (0 … shards − 1) that stores `send`. Both directions of a direct channel share
+ * one; a send to a direct channel by its id must be given as its pair (`toUserId`).
+ */
 export function sendShard (send: ShardKey, shards: number): number {
   if (shards <= 1) return 0
   let key: string

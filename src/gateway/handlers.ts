@@ -43,13 +43,18 @@ export const routes = {
     if (p.content.length > config.MAX_CONTENT_CHARS) {
       throw new ClientError('VALIDATION', `content is longer than ${config.MAX_CONTENT_CHARS} characters`)
     }
-    const channelId = p.channelId !== undefined ? memberOf(ctx, socket, p.channelId).id : undefined
+    const channel = p.channelId !== undefined ? memberOf(ctx, socket, p.channelId) : undefined
+    const channelId = channel?.id
     // Under a broker alarm, holding sends in memory would only grow the gateway; refuse now.
     if (broker.blocked()) throw refuse(ctx, 'blocked', 'the broker is refusing new messages; retry later with the same clientMsgId')
     // Disconnected, rabbitmq-client would hold the publish and send it after reconnecting,
     // possibly long after the client was told UNAVAILABLE: refuse instead of queueing.
     if (!isOpen(broker.publishConnection)) throw refuse(ctx, 'disconnected', 'not connected to the broker; retry later with the same clientMsgId')
-    const shard = sendShard({ senderId: socket.data.userId, toUserId: p.toUserId, channelId }, config.WORKER_SHARDS)
+    // A direct channel named by its id goes where sends by toUserId go, or its sends would
+    // be split over two shards and stored out of order.
+    const shard = sendShard(channel?.kind === 'direct' && channel.peerId !== undefined
+      ? { senderId: socket.data.userId, toUserId: channel.peerId }
+      : { senderId: socket.data.userId, toUserId: p.toUserId, channelId }, config.WORKER_SHARDS)
     if (broker.backlog.over(shard)) throw refuse(ctx, 'backlog', `${broker.backlog.depth(shard) ?? 'too many'} messages are waiting to be stored; retry later with the same clientMsgId`)
     const command: SendCommand = {
       v: ENVELOPE_VERSION,

@@ -61,7 +61,8 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     queues: Array.from({ length: config.WORKER_SHARDS }, (_, shard) => names.sendQueue(shard)),
     max: config.SEND_BACKLOG_MAX,
     intervalMs: config.SEND_BACKLOG_CHECK_MS,
-    onError: (err) => app.log.debug({ err }, 'could not read the depth of a send queue')
+    onError: (err) => app.log.debug({ err }, 'could not read the depth of a send queue'),
+    onUnconsumed: (shard, queue) => app.log.warn({ shard, queue }, 'no worker consumes this send shard: its sends wait (check WORKER_SHARDS and WORKER_CONSUME_SHARDS of the workers)')
   })
 
   app.decorate('broker', {

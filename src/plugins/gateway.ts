@@ -47,7 +47,7 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   // At least 1: 90 % of a tiny cap rounds to 0, and a gateway would never be ready.
   const readySockets = config.GATEWAY_READY_SOCKETS > 0 ? config.GATEWAY_READY_SOCKETS : Math.max(1, Math.floor(config.GATEWAY_MAX_SOCKETS * 0.9))
   const ready = () => !draining && sessions.socketCount < readySockets && app.broker.connected() && app.bindings.settled
-  metrics.setSources({ sockets: () => sessions.socketCount, users: () => sessions.userCount, bindings: () => app.bindings.stats(), ready, draining: () => draining, backlog: () => app.broker.backlog.depth() })
+  metrics.setSources({ sockets: () => sessions.socketCount, users: () => sessions.userCount, bindings: () => app.bindings.stats(), ready, draining: () => draining, backlog: () => app.broker.backlog.depth(), unconsumedShards: () => app.broker.backlog.unconsumed() })
   app.bindings.on('operation', ({ op, durationMs }) => {
     metrics.bindOps.inc({ op })
     metrics.bindLatency.observe({ op }, durationMs / 1000)

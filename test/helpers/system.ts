@@ -116,7 +116,7 @@ export async function spawnGateway (t: Test, env: Env, extra: Record<string, str
   await waitUntil(async () => {
     if (proc.child.exitCode !== null) throw new Error(`gateway exited: ${proc.output()}`)
     try { return (await fetch(`${url}/ready`)).status === 200 } catch { return false }
-  }, 20_000, 'spawned gateway ready')
+  }, 45_000, 'spawned gateway ready')
   return { ...proc, url, port }
 }
 
@@ -128,6 +128,6 @@ export async function spawnWorker (t: Test, env: Env, extra: Record<string, stri
   await waitUntil(async () => {
     if (proc.child.exitCode !== null) throw new Error(`worker exited: ${proc.output()}`)
     try { return (await fetch(`${statusUrl}/ready`)).status === 200 } catch { return false }
-  }, 20_000, 'spawned worker ready')
+  }, 45_000, 'spawned worker ready') // an embedded database starts slowly on a busy machine
   return { ...proc, statusUrl }
 }

@@ -10,6 +10,7 @@ import { consumedShards, loadConfig } from '../../src/config.js'
 import type { Message } from '../../src/contracts/protocol.js'
 import type { Worker } from '../../src/worker/worker.js'
 import { connectUser, type TestClient } from '../helpers/client.js'
+import { parsePrometheus, sampleValue } from '../helpers/prometheus.js'
 import { createDatabase, createVhost, listQueues, sqlClient } from '../helpers/services.js'
 import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
 
@@ -60,7 +61,7 @@ function pairOn (shard: number, skip = 0): [string, string] {
 const persisted = async (w: Worker) => (await w.metrics.persisted.get()).values[0]?.value ?? 0
 
 const w0 = await startTestWorker(t, env, { ...SHARDS, WORKER_CONSUME_SHARDS: '0' })
-let w1: Worker = await startTestWorker(t, env, { ...SHARDS, WORKER_CONSUME_SHARDS: '1' })
+const w1 = await startTestWorker(t, env, { ...SHARDS, WORKER_CONSUME_SHARDS: '1' })
 const gw = await startTestGateway(t, env, { ...SHARDS, SEND_BACKLOG_MAX: String(BACKLOG), SEND_BACKLOG_CHECK_MS: '50' })
 
 async function converse (t: Test, from: TestClient, to: TestClient, n: number, label: string): Promise<string[]> {
@@ -72,6 +73,8 @@ async function converse (t: Test, from: TestClient, to: TestClient, n: number, l
   }
   return sent
 }
+
+const unconsumedMetric = async () => sampleValue(parsePrometheus((await gw.app.inject({ method: 'GET', url: '/metrics' })).body).samples, 'chat_gateway_send_shards_unconsumed')
 
 const stored = async (sender: string) =>
   (await sql<Array<{ content: string }>>`select content from messages where sender_id = ${sender} order by seq`).map((r) => r.content)
@@ -109,7 +112,7 @@ t.test('a backed-up shard refuses its own sends only; a standby takes it over in
   t.equal(b1!.messages().length, 0, 'nothing of the stopped shard is delivered yet')
 
   // A standby of every shard: shard 0 stays with w0, shard 1 has no one else.
-  w1 = await startTestWorker(t, env, { ...SHARDS, WORKER_CONSUME_SHARDS: 'all' })
+  const standby = await startTestWorker(t, env, { ...SHARDS, WORKER_CONSUME_SHARDS: 'all' })
   await waitUntil(() => b1!.messages().length === BACKLOG, 10_000, 'the standby stores the waiting sends')
   t.same(b1!.messages().map((m: Message) => m.content), queued, 'delivered once each, in order')
   t.same(await stored(a1!.userId), queued, 'stored once each, in order; the refused send was not')
@@ -117,5 +120,33 @@ t.test('a backed-up shard refuses its own sends only; a standby takes it over in
   const more = await converse(t, a0!, b0!, 3, 'still zero')
   await waitUntil(() => b0!.messages().length === 8, 10_000, 'shard 0 delivered')
   t.same(b0!.messages().slice(5).map((m: Message) => m.content), more)
-  t.equal(await persisted(w1), BACKLOG, 'the standby stored shard 1 only: shard 0 stayed with its active worker')
+  t.equal(await persisted(standby), BACKLOG, 'the standby stored shard 1 only: shard 0 stayed with its active worker')
+})
+
+t.test('a direct channel named by its id is stored on its pair\'s shard, in order with sends by user id', async (t) => {
+  // A pair on shard 0 whose channel id would hash to shard 1: with shard 1 stopped, a send
+  // routed by the channel id would wait there while a later send by user id is stored.
+  let pair: [TestClient, TestClient] | undefined
+  let channelId = ''
+  for (let skip = 2; pair === undefined; skip++) {
+    const [a, b] = await Promise.all(pairOn(0, skip).map((u) => connectUser(t, gw.url, u)))
+    t.match(await a!.send({ toUserId: b!.userId }, 'first'), { ok: true })
+    channelId = (await b!.waitFor<Message>('message:new')).channelId
+    if (sendShard({ senderId: 'x', channelId }, 2) === 1) pair = [a!, b!]
+    if (skip > 40) throw new Error('no pair found')
+  }
+  const [a, b] = pair
+  await a.waitFor('message:new')
+  // The standby of the last test stopped with it: shard 1 gets a worker of its own again.
+  const shard1 = await startTestWorker(t, env, { ...SHARDS, WORKER_CONSUME_SHARDS: '1' })
+  await gw.app.broker.backlog.read()
+  t.equal(await unconsumedMetric(), 0, 'every shard has a worker')
+  await shard1.close()
+  await gw.app.broker.backlog.read()
+  t.equal(await unconsumedMetric(), 1, 'the gateway exports the shard no worker consumes')
+  t.match(await a.send({ channelId }, 'by channel id'), { ok: true })
+  t.match(await a.send({ toUserId: b.userId }, 'by user id'), { ok: true })
+  await waitUntil(() => b.messages().length === 3, 10_000, 'both delivered while shard 1 is stopped')
+  t.same(b.messages().map((m: Message) => m.content), ['first', 'by channel id', 'by user id'], 'delivered in send order')
+  t.same(await stored(a.userId), ['first', 'by channel id', 'by user id'], 'stored in send order')
 })
