@@ -1,10 +1,10 @@
 /**
- * `npm run cluster`: a local system of real processes — migrations, one worker and
- * two gateways (ports 3001 and 3002 unless told otherwise) started by the fastify
- * CLI — against the configured broker and database. Prints their URLs and a status
- * line per process; Ctrl-C stops them all gracefully.
+ * `npm run cluster`: a local system of real processes — migrations, one worker (of
+ * every send shard) and two gateways (ports 3001 and 3002 unless told otherwise)
+ * started by the fastify CLI — against the configured broker and database. Prints
+ * their URLs and a status line per process; Ctrl-C stops them all gracefully.
  *
- *   node dist/src/cluster.js [--gateways 2] [--base-port 3001] [--worker-port 9091]
+ *   node dist/src/cluster.js [--gateways 2] [--base-port 3001] [--worker-port WORKER_PORT]
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
@@ -20,18 +20,19 @@ const { values: args } = parseArgs({
   options: {
     gateways: { type: 'string', default: '2' },
     'base-port': { type: 'string', default: '3001' },
-    'worker-port': { type: 'string', default: '9091' },
+    'worker-port': { type: 'string' },
     'status-every': { type: 'string', default: '5' }
   }
 })
 const gateways = Number(args.gateways)
 const basePort = Number(args['base-port'])
-const workerPort = Number(args['worker-port'])
 const statusEvery = Number(args['status-every'])
 if (!Number.isInteger(gateways) || gateways < 1 || gateways > 16) fatal('cluster: --gateways must be 1..16')
 if (!Number.isInteger(basePort) || basePort < 1 || basePort + gateways > 65535) fatal('cluster: --base-port must be a port number')
 
 const config = configOrExit('cluster')
+const workerPort = args['worker-port'] === undefined ? config.WORKER_PORT : Number(args['worker-port'])
+if (!Number.isInteger(workerPort) || workerPort < 1 || workerPort > 65535) fatal('cluster: --worker-port (or WORKER_PORT) must be a port number')
 
 // The embedded database is migrated by the worker that owns it.
 if (config.DATABASE_URL !== '') {
@@ -60,7 +61,9 @@ function start (name: string, url: string, args: string[], env: Record<string, s
   })
 }
 
-start('worker', `http://127.0.0.1:${workerPort}`, ['dist/src/worker/main.js'], { WORKER_PORT: String(workerPort), SERVER_ID: 'worker-1' })
+// The one worker stores every shard: a WORKER_CONSUME_SHARDS meant for a production
+// worker would leave the other shards' sends waiting here.
+start('worker', `http://127.0.0.1:${workerPort}`, ['dist/src/worker/main.js'], { WORKER_PORT: String(workerPort), SERVER_ID: 'worker-1', WORKER_CONSUME_SHARDS: 'all' })
 // Outside production the local cluster serves the demo page and signs dev tokens.
 const demo = config.NODE_ENV !== 'production'
 for (let i = 0; i < gateways; i++) {
@@ -76,7 +79,7 @@ for (let i = 0; i < gateways; i++) {
   })
 }
 
-process.stdout.write(`chat cluster: broker ${redactUrl(config.AMQP_URL)} prefix "${config.BROKER_PREFIX}", database ${database}\n`)
+process.stdout.write(`chat cluster: broker ${redactUrl(config.AMQP_URL)} prefix "${config.BROKER_PREFIX}"${config.WORKER_SHARDS > 1 ? ` (${config.WORKER_SHARDS} send shards, all stored by the one worker)` : ''}, database ${database}\n`)
 for (const c of children) {
   process.stdout.write(`  ${c.name.padEnd(10)} ${c.url}${c.name === 'worker' ? '  (/health /ready /metrics)' : '  (Socket.IO, /health /ready /metrics)'}\n`)
 }

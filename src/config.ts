@@ -74,7 +74,7 @@ export const ConfigSchema = Type.Object({
   GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the broker drops the oldest deliveries, and the gateway re-reads memberships and tells its sockets to catch up from history.', 100_000, 1),
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),
-  SEND_BACKLOG_MAX: Int('Messages waiting in a send queue (shard) beyond which gateways answer new sends to that shard UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of one worker\'s throughput (the limit applies to each shard); 0 turns it off.', 100_000, 0, 100_000_000),
+  SEND_BACKLOG_MAX: Int('Messages waiting in a send queue (shard) beyond which gateways answer new sends to that shard UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of one worker\'s throughput (the limit applies to each shard); 0 never refuses (depths are still read for the metrics).', 100_000, 0, 100_000_000),
   SEND_BACKLOG_CHECK_MS: Int('How often each gateway reads the depth of the send queues (one passive queue.declare per shard).', 500, 50, 60_000),
 
   DEMO_ENABLED: Type.Boolean({ description: 'Serve the demo chat page at `/`. Off unless set; never needed in production.', default: false }),
@@ -94,6 +94,7 @@ export const ConfigSchema = Type.Object({
   WORKER_CONSUME_SHARDS: Type.String({
     description: 'Which send shards this worker consumes: `all`, or a comma-separated list of shard numbers below WORKER_SHARDS such as `0,2`. A worker that subscribes to a shard another worker already holds stands by for it.',
     pattern: '^(all|[0-9]{1,2}(,[0-9]{1,2})*)$',
+    expected: '`all`, or shard numbers separated by commas without spaces, such as 0,2',
     default: 'all'
   }),
   WORKER_PREFETCH: Int('Unacked sends the worker holds per consumed shard; bounds its memory and the batches in flight.', 500, 1, 65_535),
@@ -243,6 +244,7 @@ function describe (schema: TSchema | undefined, fallback: string): string {
     return `expected one of ${(schema.anyOf as TSchema[]).map((s) => String(s.const)).join(', ')}`
   }
   if (schema.type === 'integer') return `expected an integer from ${schema.minimum} to ${schema.maximum}`
+  if (typeof schema.expected === 'string') return `expected ${schema.expected}`
   if (schema.pattern !== undefined) return `expected to match ${schema.pattern}`
   return fallback
 }

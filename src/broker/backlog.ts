@@ -17,7 +17,7 @@ export interface BacklogWatchOptions {
   connection: Connection
   /** The send queues, by shard. */
   queues: string[]
-  /** Refuse sends to a shard while at least this many messages wait in it; 0 turns the watch off. */
+  /** Refuse sends to a shard while at least this many messages wait in it; 0 never refuses (depths and consumers are still read). */
   max: number
   intervalMs: number
   /** Called when a read fails (queue not declared yet, connection down). */
@@ -37,7 +37,7 @@ export class BacklogWatch {
   #over: boolean[]
   /** By shard: consumers at the last read; undefined where unknown. */
   #consumers: Array<number | undefined>
-  #reading = false
+  #reading: Promise<void> | undefined
   #closed = false
 
   constructor (options: BacklogWatchOptions) {
@@ -45,13 +45,12 @@ export class BacklogWatch {
     this.#depths = options.queues.map(() => undefined)
     this.#over = options.queues.map(() => false)
     this.#consumers = options.queues.map(() => undefined)
-    if (options.max > 0) {
-      this.#timer = setInterval(() => { void this.read() }, options.intervalMs)
-      this.#timer.unref()
-    }
+    // A slow read (a broker that does not answer) is not stacked with more.
+    this.#timer = setInterval(() => { if (this.#reading === undefined) void this.read() }, options.intervalMs)
+    this.#timer.unref()
   }
 
-  /** Messages waiting in a shard's queue (the deepest without `shard`) at the last read; undefined if unknown, never read or off. */
+  /** Messages waiting in a shard's queue (the deepest without `shard`) at the last read; undefined if unknown or never read. */
   depth (shard?: number): number | undefined {
     if (shard !== undefined) return this.#depths[shard]
     let deepest = 0
@@ -65,9 +64,11 @@ export class BacklogWatch {
   /**
    * Shards whose queue had no consumer at the last read: no worker stores their sends (a
    * WORKER_SHARDS or WORKER_CONSUME_SHARDS that does not match the gateways', or every
-   * worker of the shard down). Their sends are confirmed and wait.
+   * worker of the shard down). Their sends are confirmed and wait. Undefined while a
+   * shard's count is unknown: a gauge must not read a healthy 0 then.
    */
-  unconsumed (): number {
+  unconsumed (): number | undefined {
+    if (this.#consumers.includes(undefined)) return undefined
     return this.#consumers.filter((c) => c === 0).length
   }
 
@@ -76,29 +77,31 @@ export class BacklogWatch {
     return shard !== undefined ? this.#over[shard] === true : this.#over.includes(true)
   }
 
-  /** Reads the depth now; never throws. Exposed so tests need not wait for the timer. */
+  /** Reads every shard now, after any read in progress (which may have started too early); never throws. */
   async read (): Promise<void> {
-    if (this.#reading || this.#closed || this.#o.max <= 0) return
-    this.#reading = true
-    try {
-      for (const [shard, queue] of this.#o.queues.entries()) {
-        try {
-          const { messageCount, consumerCount } = await this.#o.connection.queueDeclare({ queue, passive: true })
-          this.#depths[shard] = messageCount
-          if (consumerCount === 0 && this.#consumers[shard] !== 0) this.#o.onUnconsumed?.(shard, queue)
-          this.#consumers[shard] = consumerCount
-          if (messageCount >= this.#o.max) this.#over[shard] = true
-          else if (messageCount < this.#o.max * RESUME_AT) this.#over[shard] = false
-        } catch (err) {
-          // Unknown depth: stop refusing. If the broker is really gone, sends fail on their own.
-          this.#depths[shard] = undefined
-          this.#over[shard] = false
-          this.#consumers[shard] = undefined
-          this.#o.onError?.(err)
-        }
+    while (this.#reading !== undefined) await this.#reading
+    if (this.#closed) return
+    this.#reading = this.#readAll().finally(() => { this.#reading = undefined })
+    await this.#reading
+  }
+
+  async #readAll (): Promise<void> {
+    for (const [shard, queue] of this.#o.queues.entries()) {
+      try {
+        const { messageCount, consumerCount } = await this.#o.connection.queueDeclare({ queue, passive: true })
+        this.#depths[shard] = messageCount
+        if (consumerCount === 0 && this.#consumers[shard] !== 0) this.#o.onUnconsumed?.(shard, queue)
+        this.#consumers[shard] = consumerCount
+        if (this.#o.max <= 0) continue
+        if (messageCount >= this.#o.max) this.#over[shard] = true
+        else if (messageCount < this.#o.max * RESUME_AT) this.#over[shard] = false
+      } catch (err) {
+        // Unknown depth: stop refusing. If the broker is really gone, sends fail on their own.
+        this.#depths[shard] = undefined
+        this.#over[shard] = false
+        this.#consumers[shard] = undefined
+        this.#o.onError?.(err)
       }
-    } finally {
-      this.#reading = false
     }
   }
 

@@ -16,8 +16,8 @@ export interface GaugeSources {
   draining: () => boolean
   /** Depth of the deepest send queue at the last read; undefined when unknown or not watched. */
   backlog: () => number | undefined
-  /** Send shards whose queue had no consumer at the last read. */
-  unconsumedShards: () => number
+  /** Send shards whose queue had no consumer at the last read; undefined while unknown. */
+  unconsumedShards: () => number | undefined
 }
 
 export function createGatewayMetrics (labels: { server_id: string, region: string }, withDefaults = true) {
@@ -49,7 +49,7 @@ export function createGatewayMetrics (labels: { server_id: string, region: strin
   gauge('chat_gateway_ready', '1 when /ready answers 200.', (s) => s.ready() ? 1 : 0)
   gauge('chat_gateway_draining', '1 while shutting down.', (s) => s.draining() ? 1 : 0)
   gauge('chat_gateway_worker_backlog_messages', 'Messages waiting in the deepest send queue (shard) at the last read (NaN when unknown); sends to a shard are refused while its queue is over SEND_BACKLOG_MAX. Alert on this: a shard\'s active worker is not keeping up.', (s) => s.backlog() ?? Number.NaN)
-  gauge('chat_gateway_send_shards_unconsumed', 'Send shards whose queue had no consumer at the last backlog read: no worker stores their sends, which wait. Alert when it stays above 0.', (s) => s.unconsumedShards())
+  gauge('chat_gateway_send_shards_unconsumed', 'Send shards whose queue had no consumer at the last read (NaN when unknown): no worker stores their sends, which wait. Alert when it stays above 0.', (s) => s.unconsumedShards() ?? Number.NaN)
 
   return {
     registry,

@@ -17,6 +17,7 @@ export class Batcher<T> {
   #buffer: T[] = []
   #timer: NodeJS.Timeout | undefined
   #running = 0
+  #runningItems = 0
   readonly #idle: Array<() => void> = []
 
   constructor (opts: BatcherOptions<T>) {
@@ -30,6 +31,8 @@ export class Batcher<T> {
   }
 
   get running (): number { return this.#running }
+  /** Items in the batches running now. */
+  get runningItems (): number { return this.#runningItems }
   get buffered (): number { return this.#buffer.length }
 
   /** Resolves once nothing is buffered or running. */
@@ -57,10 +60,12 @@ export class Batcher<T> {
     while (this.#buffer.length > 0 && this.#running < this.#opts.concurrency) {
       const items = this.#buffer.splice(0, this.#opts.max)
       this.#running++
+      this.#runningItems += items.length
       this.#opts.run(items)
         .catch((err: unknown) => this.#opts.onError(err, items))
         .finally(() => {
           this.#running--
+          this.#runningItems -= items.length
           if (this.#buffer.length > 0) this.#flush()
           // drain() re-checks on every completion
           for (const resolve of this.#idle.splice(0)) resolve()

@@ -11,7 +11,10 @@ export function createWorkerMetrics (labels: { server_id: string, region: string
   registry.setDefaultLabels(labels)
   if (withDefaults) collectDefaultMetrics({ register: registry, prefix: 'chat_worker_' })
   const registers = [registry]
+  let brokerUp: () => boolean = () => false
   return {
+    /** The gauge chat_worker_broker_up reads this at every scrape. */
+    setBrokerUp: (read: () => boolean) => { brokerUp = read },
     registry,
     persisted: new Counter({ name: 'chat_worker_messages_persisted_total', help: 'Messages stored for the first time.', registers }),
     duplicates: new Counter({ name: 'chat_worker_messages_duplicate_total', help: 'Sends skipped because (sender, clientMsgId) was already stored.', registers }),
@@ -24,6 +27,6 @@ export function createWorkerMetrics (labels: { server_id: string, region: string
     dbLatency: new Histogram({ name: 'chat_worker_db_batch_seconds', help: 'Time to persist one batch (one transaction).', buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers }),
     rpcLatency: new Histogram({ name: 'chat_worker_rpc_seconds', help: 'Time to serve one RPC request.', labelNames: ['op'] as const, buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1], registers }),
     databaseUp: new Gauge({ name: 'chat_worker_database_up', help: '1 when the last database operation succeeded.', registers }),
-    brokerUp: new Gauge({ name: 'chat_worker_broker_up', help: '1 when every consumer (each consumed send shard, and RPC) is ready.', registers })
+    brokerUp: new Gauge({ name: 'chat_worker_broker_up', help: '1 when every consumer (each consumed send shard, and RPC) is subscribed.', registers, collect () { this.set(brokerUp() ? 1 : 0) } })
   }
 }

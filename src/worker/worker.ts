@@ -180,28 +180,26 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   })
 
   const allReady = () => ready.rpc && sendsReady.size === sends.length
-  const watch = (name: 'sends' | 'rpc', consumer: Consumer) => {
+  const watch = (name: 'sends' | 'rpc', consumer: Consumer, queue: string) => {
     consumer.on('ready', () => {
       if (name === 'rpc') ready.rpc = true
       else sendsReady.add(consumer)
-      metrics.brokerUp.set(allReady() ? 1 : 0)
       log.info({ queue: consumer.queue }, `worker consuming ${name}`)
     })
     consumer.on('error', (err) => {
       // At shutdown the nacks of sends given back fail on their closed channel, as intended.
-      if (closing === undefined) log.warn({ err }, `worker ${name} consumer error`)
-      else log.debug({ err }, `worker ${name} consumer error while stopping`)
+      if (closing === undefined) log.warn({ err, queue }, `worker ${name} consumer error`)
+      else log.debug({ err, queue }, `worker ${name} consumer error while stopping`)
     })
   }
   sends[0]?.on('ready', () => {
     declareTopology(consumeConn, names, config.WORKER_SHARDS).catch((err: unknown) => log.warn({ err }, 'could not declare the dead-letter topology'))
   })
-  for (const consumer of sends) watch('sends', consumer)
-  watch('rpc', rpc)
+  sends.forEach((consumer, i) => watch('sends', consumer, names.sendQueue(shards[i]!)))
+  watch('rpc', rpc, names.rpcQueue)
   consumeConn.on('error', () => {
     sendsReady.clear()
     ready.rpc = false
-    metrics.brokerUp.set(0)
   })
 
   // Readiness must notice an outage even when no message is flowing.
@@ -214,7 +212,9 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   }, 5000)
   ping.unref()
 
+  // A consumer whose channel failed has no queue until it subscribes again.
   const brokerUp = () => isOpen(consumeConn) && allReady() && sends.every((c) => c.queue !== '') && rpc.queue !== ''
+  metrics.setBrokerUp(brokerUp)
 
   async function shutdown (): Promise<void> {
     clearInterval(ping)
@@ -272,7 +272,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
         broker,
         database: databaseUp ? 'up' : 'down',
         closing: closing !== undefined,
-        inFlight: batcher.buffered + batcher.running,
+        inFlight: batcher.buffered + batcher.runningItems,
         serverId: config.SERVER_ID
       }
     },

@@ -63,9 +63,13 @@ t.test('sends are refused while the worker queue is over the limit, and taken ag
   t.same(rows.map((r) => r.content), expected, 'stored once each, in order; nothing refused was stored')
 })
 
-t.test('SEND_BACKLOG_MAX=0 turns the watch off', async (t) => {
+t.test('SEND_BACKLOG_MAX=0 never refuses, and still reads the depth', async (t) => {
+  // No worker runs any more (the last test's stopped with it): a send stays queued.
   const off = await startTestGateway(t, { amqpUrl, databaseUrl }, { SEND_BACKLOG_MAX: '0', SEND_BACKLOG_CHECK_MS: '50' })
-  await off.app.broker.backlog.read()
-  t.equal(off.app.broker.backlog.depth(), undefined, 'never read')
-  t.equal(off.app.broker.backlog.over(), false)
+  const pub = probe.createPublisher({ confirm: true })
+  t.teardown(() => pub.close())
+  await pub.send({ exchange: 'chat.incoming', routingKey: 'message.send', durable: true }, { v: 1, senderId: 'ann', toUserId: 'ben', clientMsgId: randomUUID(), content: 'kept' })
+  await waitUntil(async () => { await off.app.broker.backlog.read(); return off.app.broker.backlog.depth() === 1 }, 5000, 'the depth is read')
+  t.equal(off.app.broker.backlog.unconsumed(), 1, 'and the shard no worker consumes is seen')
+  t.equal(off.app.broker.backlog.over(), false, 'a queue over any limit does not refuse')
 })
