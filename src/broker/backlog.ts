@@ -11,7 +11,7 @@
  * is cheap, immediate and never published, so a retry with the same clientMsgId is
  * always safe.
  */
-import type { Connection } from 'rabbitmq-client'
+import type { Channel, Connection } from 'rabbitmq-client'
 
 export interface BacklogWatchOptions {
   connection: Connection
@@ -39,6 +39,11 @@ export class BacklogWatch {
   #consumers: Array<number | undefined>
   #reading: Promise<void> | undefined
   #closed = false
+  /**
+   * Its own channel: a passive declare of a queue not declared yet fails and closes the
+   * channel it ran on, which must not be the connection's shared one (route setup uses it).
+   */
+  #channel: Channel | undefined
 
   constructor (options: BacklogWatchOptions) {
     this.#o = options
@@ -88,7 +93,8 @@ export class BacklogWatch {
   async #readAll (): Promise<void> {
     for (const [shard, queue] of this.#o.queues.entries()) {
       try {
-        const { messageCount, consumerCount } = await this.#o.connection.queueDeclare({ queue, passive: true })
+        if (this.#channel?.active !== true) this.#channel = await this.#o.connection.acquire()
+        const { messageCount, consumerCount } = await this.#channel.queueDeclare({ queue, passive: true })
         this.#depths[shard] = messageCount
         if (consumerCount === 0 && this.#consumers[shard] !== 0) this.#o.onUnconsumed?.(shard, queue)
         this.#consumers[shard] = consumerCount
@@ -109,5 +115,6 @@ export class BacklogWatch {
   close (): void {
     this.#closed = true
     clearInterval(this.#timer)
+    if (this.#channel?.active === true) this.#channel.close().catch(() => {})
   }
 }
