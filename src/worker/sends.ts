@@ -132,8 +132,11 @@ export class SendPipeline {
       .catch((err: unknown) => this.#o.log.warn({ err, clientMsgId }, 'could not tell the sender of a dead-lettered message'))
   }
 
-  /** @param retried an earlier attempt may have committed: publish duplicates' deliveries too */
-  async #persist (batch: Valid[], retried = false): Promise<void> {
+  /**
+   * @param retried an earlier attempt may have committed: publish duplicates' deliveries too
+   * @returns 'given back' when the batch went back to the broker (stopping during an outage)
+   */
+  async #persist (batch: Valid[], retried = false): Promise<'done' | 'given back'> {
     let outcomes: PersistOutcome[] | undefined
     let attempt = 0
     while (outcomes === undefined) {
@@ -150,7 +153,7 @@ export class SendPipeline {
           this.#o.metrics.retried.inc(batch.length)
           if (this.#o.isClosing()) {
             for (const b of batch) b.settle(GIVE_BACK)
-            return
+            return 'given back'
           }
           const delay = retryDelayMs(attempt)
           this.#o.log.warn({ err: describeDbError(err), attempt, delayMs: Math.round(delay), batch: batch.length }, 'database unavailable; retrying the batch')
@@ -160,18 +163,25 @@ export class SendPipeline {
         // The database refuses something in this batch for good: it answers, so it is up.
         this.#o.onDatabaseState(true)
         if (batch.length > 1) {
-          for (const one of batch) await this.#persist([one], retried || attempt > 1)
-          return
+          for (const [i, one] of batch.entries()) {
+            if (await this.#persist([one], retried || attempt > 1) === 'given back') {
+              // Storing the later ones now would number them before the one given back.
+              for (const rest of batch.slice(i + 1)) rest.settle(GIVE_BACK)
+              return 'given back'
+            }
+          }
+          return 'done'
         }
         const reason = `database refused the message: ${describeDbError(err).message}`
         await this.#poison(batch[0]!, reason, 'INTERNAL')
-        return
+        return 'done'
       }
     }
 
     // After a retry, a "duplicate" may be our own earlier attempt that committed late.
     const publishing = this.#publish(batch, outcomes, retried || attempt > 0).finally(() => this.#publishing.delete(publishing))
     this.#publishing.add(publishing)
+    return 'done'
   }
 
   async #publish (batch: Valid[], outcomes: PersistOutcome[], retried: boolean): Promise<void> {

@@ -80,3 +80,40 @@ t.test('publishing keeps failing and the worker stops: the batch is given back t
   await p.idle()
   t.same(settled, [GIVE_BACK, GIVE_BACK])
 })
+
+t.test('a batch split to isolate a refused message, and the worker stops during an outage: nothing after the given-back send is stored', async (t) => {
+  const closing = { now: false }
+  const real = createMessagesRepository(handle.db)
+  const { items, settled } = sends('split-di', 3)
+  const secondId = (items[1]!.msg.body as SendCommand).clientMsgId
+  const messages: typeof real = {
+    ...real,
+    persistBatch: async (batch) => {
+      // The whole batch: something in it is refused for good, so the pipeline splits it.
+      if (batch.length > 1) throw Object.assign(new Error('check violation'), { code: '23514', severity: 'ERROR' })
+      // The second alone: the database goes away while the worker is stopping.
+      if (batch[0]!.clientMsgId === secondId) {
+        closing.now = true
+        throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })
+      }
+      return await real.persistBatch(batch)
+    }
+  }
+  const p = new SendPipeline({
+    messages,
+    publisher: { publishAll: async () => {} } as unknown as ConfirmedPublisher,
+    outgoingExchange: 'chat.outgoing',
+    deadLetter: async () => {},
+    maxContentChars: 4000,
+    log: silentLogger,
+    metrics: createWorkerMetrics({ server_id: 'w', region: 'test' }, false),
+    onDatabaseState: () => {},
+    isClosing: () => closing.now,
+    dbTimeoutMs: 5000
+  })
+  await p.run(items)
+  await p.idle()
+  const rows = await sql<Array<{ content: string }>>`select content from messages where sender_id = 'split-di' order by seq`
+  t.same(rows.map((r) => r.content), ['m0'], 'only the send before the given-back one is stored')
+  t.same(settled.slice().sort(), [ConsumerStatus.ACK, GIVE_BACK, GIVE_BACK].sort(), 'the first acked, the second and third given back')
+})
