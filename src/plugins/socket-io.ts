@@ -2,6 +2,7 @@
  * Socket.IO on the fastify server through fastify-socket.io. Its default preClose
  * (disconnect every socket) is replaced by the gateway's own drain.
  */
+import type { EventEmitter } from 'node:events'
 import fp from 'fastify-plugin'
 import fastifySocketIOModule from 'fastify-socket.io'
 import type { Server } from 'socket.io'
@@ -17,6 +18,43 @@ declare module 'fastify' {
 
 // fastify-socket.io is CommonJS with `exports.default`; from ESM the plugin is one level down.
 const fastifySocketIO = fastifySocketIOModule.default
+
+/** What engine.io's connection event gives, as far as we touch it. */
+interface EngineSocket {
+  request: { headers?: unknown, rawHeaders?: unknown } | null
+  transport?: { socket?: WsLike }
+}
+interface WsLike {
+  _socket?: EventEmitter
+  rawListeners: EventEmitter['rawListeners']
+  removeListener: EventEmitter['removeListener']
+}
+
+/**
+ * engine.io's upgrade leaves two listeners behind for the life of every WebSocket: an
+ * `error` listener on the ws (`onUpgradeError`, whose closure holds the HTTP request)
+ * and a `close` listener on the TCP socket that keeps its WebSocketResponse (which holds
+ * the request too). The transport has its own `error` listener by then, and nothing
+ * listens to that response. Matched by shape, so a changed engine.io is left alone;
+ * test/gateway/memory.test.ts fails if the request is kept again.
+ */
+function releaseUpgrade (raw: EngineSocket): void {
+  const ws = raw.transport?.socket
+  if (ws === undefined) return
+  const errorListeners = ws.rawListeners('error')
+  // Never leave a ws without an error listener: an unheard 'error' would end the process.
+  if (errorListeners.length > 1) {
+    for (const fn of errorListeners) {
+      if ((fn as { name?: string }).name === 'onUpgradeError') ws.removeListener('error', fn as (...args: unknown[]) => void)
+    }
+  }
+  const tcp = ws._socket
+  if (tcp === undefined) return
+  for (const fn of tcp.rawListeners('close')) {
+    const inner = (fn as { listener?: unknown }).listener ?? fn
+    if (String(inner) === '() => this.emit("close")') tcp.removeListener('close', fn as (...args: unknown[]) => void)
+  }
+}
 
 export default fp<{ config: Config }>(async (app, { config }) => {
   await app.register(fastifySocketIO, {
@@ -35,15 +73,15 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     preClose: (done: Function) => { done() }
   })
   const io = app.io as unknown as Server
-  // The HTTP request of a connected socket is never used again; drop it to save memory.
-  // engine.io's upgrade response still references it until the socket closes, so empty
-  // its headers too (authentication reads `auth`, not headers).
+  // The HTTP request of a connected socket is never used again; drop it and what else
+  // holds it, to save memory (authentication reads `auth`, not headers).
   // @see https://socket.io/docs/v4/memory-usage/
-  io.engine.on('connection', (raw: { request: { headers?: unknown, rawHeaders?: unknown } | null }) => {
+  io.engine.on('connection', (raw: EngineSocket) => {
     if (raw.request !== null) {
       raw.request.headers = {}
       raw.request.rawHeaders = []
     }
     raw.request = null
+    releaseUpgrade(raw)
   })
 }, { name: 'socket-io', fastify: '5.x' })
