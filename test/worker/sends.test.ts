@@ -25,7 +25,7 @@ const handle = openDatabase({ url, max: 2 })
 t.teardown(() => handle.close())
 const sql = sqlClient(t, url)
 
-function pipeline (failures: number, closing: { now: boolean }) {
+function pipeline (failures: number, closing: { now: boolean }, messages = createMessagesRepository(handle.db)) {
   let calls = 0
   const publisher = {
     publishAll: async () => {
@@ -35,7 +35,7 @@ function pipeline (failures: number, closing: { now: boolean }) {
   }
   const dead: string[] = []
   const p = new SendPipeline({
-    messages: createMessagesRepository(handle.db),
+    messages,
     publisher: publisher as unknown as ConfirmedPublisher,
     outgoingExchange: 'chat.outgoing',
     deadLetter: async (_msg, reason) => { dead.push(reason) },
@@ -99,18 +99,7 @@ t.test('a batch split to isolate a refused message, and the worker stops during 
       return await real.persistBatch(batch)
     }
   }
-  const p = new SendPipeline({
-    messages,
-    publisher: { publishAll: async () => {} } as unknown as ConfirmedPublisher,
-    outgoingExchange: 'chat.outgoing',
-    deadLetter: async () => {},
-    maxContentChars: 4000,
-    log: silentLogger,
-    metrics: createWorkerMetrics({ server_id: 'w', region: 'test' }, false),
-    onDatabaseState: () => {},
-    isClosing: () => closing.now,
-    dbTimeoutMs: 5000
-  })
+  const { p } = pipeline(0, closing, messages)
   await p.run(items)
   await p.idle()
   const rows = await sql<Array<{ content: string }>>`select content from messages where sender_id = 'split-di' order by seq`
