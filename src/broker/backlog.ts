@@ -92,8 +92,17 @@ export class BacklogWatch {
 
   async #readAll (): Promise<void> {
     for (const [shard, queue] of this.#o.queues.entries()) {
+      // A channel opened after close() would keep Connection.close() waiting for ever.
+      if (this.#closed) return
       try {
-        if (this.#channel?.active !== true) this.#channel = await this.#o.connection.acquire()
+        if (this.#channel?.active !== true) {
+          const channel = await this.#o.connection.acquire()
+          if (this.#closed) {
+            await channel.close().catch(() => {})
+            return
+          }
+          this.#channel = channel
+        }
         const { messageCount, consumerCount } = await this.#channel.queueDeclare({ queue, passive: true })
         this.#depths[shard] = messageCount
         if (consumerCount === 0 && this.#consumers[shard] !== 0) this.#o.onUnconsumed?.(shard, queue)
@@ -111,10 +120,10 @@ export class BacklogWatch {
     }
   }
 
-  /** Idempotent. */
-  close (): void {
+  /** Closes the watch's channel; a read in progress stops at its next step. Idempotent. */
+  async close (): Promise<void> {
     this.#closed = true
     clearInterval(this.#timer)
-    if (this.#channel?.active === true) this.#channel.close().catch(() => {})
+    if (this.#channel?.active === true) await this.#channel.close().catch(() => {})
   }
 }

@@ -78,7 +78,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   })
 
   app.addHook('onClose', async () => {
-    backlog.close()
+    await backlog.close()
     await Promise.allSettled([rpc.close(), publisher.close(), ephemeral.close()])
     await Promise.allSettled([consumeConnection.close(), publishConnection.close()])
   })

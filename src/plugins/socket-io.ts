@@ -23,6 +23,7 @@ const fastifySocketIO = fastifySocketIOModule.default
 interface EngineSocket {
   request: { headers?: unknown, rawHeaders?: unknown } | null
   transport?: { socket?: WsLike }
+  once?: (event: 'upgrade', listener: () => void) => unknown
 }
 interface WsLike {
   _socket?: EventEmitter
@@ -83,5 +84,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
     }
     raw.request = null
     releaseUpgrade(raw)
+    // A socket that starts on polling has no WebSocket yet.
+    raw.once?.('upgrade', () => { releaseUpgrade(raw) })
   })
 }, { name: 'socket-io', fastify: '5.x' })

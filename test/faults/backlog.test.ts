@@ -11,6 +11,7 @@ import type { Message } from '../../src/contracts/protocol.js'
 import { connectUser } from '../helpers/client.js'
 import { parsePrometheus, sampleValue } from '../helpers/prometheus.js'
 import { createDatabase, createVhost, sqlClient } from '../helpers/services.js'
+import { BacklogWatch } from '../../src/broker/backlog.js'
 import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
 
 const MAX = 10
@@ -72,4 +73,17 @@ t.test('SEND_BACKLOG_MAX=0 never refuses, and still reads the depth', async (t) 
   await waitUntil(async () => { await off.app.broker.backlog.read(); return off.app.broker.backlog.depth() === 1 }, 5000, 'the depth is read')
   t.equal(off.app.broker.backlog.unconsumed(), 1, 'and the shard no worker consumes is seen')
   t.equal(off.app.broker.backlog.over(), false, 'a queue over any limit does not refuse')
+})
+
+t.test('closing the watch during a read leaves no channel open: the connection closes at once', async (t) => {
+  for (const moment of ['before the channel opens', 'during a declare'] as const) {
+    const conn = new Connection(amqpUrl)
+    const watch = new BacklogWatch({ connection: conn, queues: ['chat.worker', 'chat.worker'], max: 10, intervalMs: 60_000 })
+    const reading = watch.read()
+    if (moment === 'during a declare') await new Promise((resolve) => setTimeout(resolve, 5))
+    await watch.close()
+    await reading
+    const closed = await Promise.race([conn.close().then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 3000))])
+    t.equal(closed, true, `closed ${moment}`)
+  }
 })

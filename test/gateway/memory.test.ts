@@ -7,7 +7,8 @@ import type { IncomingMessage } from 'node:http'
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 import t from 'tap'
-import { connectUser } from '../helpers/client.js'
+import { io } from 'socket.io-client'
+import { connectUser, tokenFor } from '../helpers/client.js'
 import { createDatabase, createVhost } from '../helpers/services.js'
 import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
 
@@ -36,4 +37,25 @@ t.test('a connected socket keeps no HTTP request', async (t) => {
   const [ann, ben] = users
   t.match(await ann!.send({ toUserId: ben!.userId }, 'still works'), { ok: true })
   await ben!.waitFor('message:new')
+})
+
+t.test('a socket that starts on polling and upgrades keeps no upgrade request either', async (t) => {
+  const both = await startTestGateway(t, { amqpUrl, databaseUrl }, { SOCKET_TRANSPORTS: 'websocket,polling' })
+  const requests: Array<WeakRef<IncomingMessage>> = []
+  both.app.server.prependListener('upgrade', (req: IncomingMessage) => { requests.push(new WeakRef(req)) })
+  const sockets = Array.from({ length: 5 }, (_, i) => io(both.url, { transports: ['polling', 'websocket'], auth: { token: tokenFor(`poll-${i}`) }, reconnection: false, forceNew: true }))
+  t.teardown(() => { for (const s of sockets) s.disconnect() })
+  await Promise.all(sockets.map(async (s) => await new Promise<void>((resolve) => {
+    let ready = false
+    let upgraded = false
+    s.once('session:ready', () => { ready = true; if (upgraded) resolve() })
+    s.io.engine.once('upgrade', () => { upgraded = true; if (ready) resolve() })
+  })))
+  t.equal(requests.length, 5, 'five upgrades seen')
+  for (let i = 0; i < 3; i++) {
+    gc()
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+  t.equal(requests.filter((r) => r.deref() !== undefined).length, 0, 'every upgrade request was collected')
+  t.ok(sockets.every((s) => s.connected && s.io.engine.transport.name === 'websocket'), 'the sockets are connected over WebSocket')
 })
