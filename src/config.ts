@@ -8,7 +8,9 @@ import { existsSync } from 'node:fs'
 import { hostname } from 'node:os'
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
-import { MAX_SEND_SHARDS } from './broker/shards.js'
+
+/** Most send queues (src/broker/shards.ts): enough for 64 worker processes, few enough to watch each. */
+export const MAX_SEND_SHARDS = 64
 
 const Int = (description: string, def: number, minimum = 0, maximum = Number.MAX_SAFE_INTEGER) =>
   Type.Integer({ description, default: def, minimum, maximum })
@@ -74,7 +76,7 @@ export const ConfigSchema = Type.Object({
   GATEWAY_QUEUE_MAX_LENGTH: Int('Cap of a gateway queue; beyond it the broker drops the oldest deliveries, and the gateway re-reads memberships and tells its sockets to catch up from history.', 100_000, 1),
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),
-  SEND_BACKLOG_MAX: Int('Messages waiting in a send queue (shard) beyond which gateways answer new sends to that shard UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of one worker\'s throughput (the limit applies to each shard); 0 never refuses (depths are still read for the metrics).', 100_000, 0, 100_000_000),
+  SEND_BACKLOG_MAX: Int('Messages waiting in a send queue (shard) at which gateways answer new sends to that shard UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of one worker\'s throughput (the limit applies to each shard); 0 never refuses (depths are still read for the metrics).', 100_000, 0, 100_000_000),
   SEND_BACKLOG_CHECK_MS: Int('How often each gateway reads the depth of the send queues (one passive queue.declare per shard).', 500, 50, 60_000),
 
   DEMO_ENABLED: Type.Boolean({ description: 'Serve the demo chat page at `/`. Off unless set; never needed in production.', default: false }),
@@ -90,7 +92,7 @@ export const ConfigSchema = Type.Object({
   DB_POOL_MAX: Int('Connections in the worker\'s PostgreSQL pool.', 10, 1, 1000),
   DB_PREPARE: Type.Boolean({ description: 'Let the worker prepare its batch statement once per connection (one round trip per batch instead of two). Turn off behind a connection pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).', default: true }),
   DB_TIMEOUT_MS: Int('A batch or read that takes longer counts as a database outage: the worker turns unready and retries (the work is idempotent). Keep it under 15 s: a stopping worker waits for its batch, and exits anyway (status 1, the broker requeues) 25 s after the signal.', 10_000, 100, 600_000),
-  WORKER_SHARDS: Int('Send queues (shards) that sends are spread over by channel. Each is stored by one worker at a time, in order; several let that many worker processes store different channels at once. Every gateway and worker must have the same value: read docs/OPERATIONS.md ("Send shards") before changing it on a running system.', 1, 1, MAX_SEND_SHARDS),
+  WORKER_SHARDS: Int('Send queues (shards) that sends are spread over by channel. Each is stored by one worker at a time, in order; several let that many worker processes store different channels at once. Every gateway must have the same value, and workers at least as many: read docs/OPERATIONS.md ("Send shards") before changing it on a running system.', 1, 1, MAX_SEND_SHARDS),
   WORKER_CONSUME_SHARDS: Type.String({
     description: 'Which send shards this worker consumes: `all`, or a comma-separated list of shard numbers below WORKER_SHARDS such as `0,2`. A worker that subscribes to a shard another worker already holds stands by for it.',
     pattern: '^(all|[0-9]{1,2}(,[0-9]{1,2})*)$',

@@ -3,6 +3,7 @@
  * behind a TCP proxy to the broker) and a worker, all real processes.
  */
 import type postgres from 'postgres'
+import { brokerNames } from '../../src/broker/topology.js'
 import type { RunContext } from './context.js'
 import { TcpProxy } from './proxy.js'
 import { startGateway, startWorker, type Proc, type SystemEnv } from './processes.js'
@@ -64,7 +65,7 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
   }
   const gateways = await Promise.all(Array.from({ length: opts.gateways }, (_, i) =>
     startGateway(`${tag}-gateway-${i + 1}`, gatewaySys, gatewayOpts, { ...sharding, ...opts.gatewayEnv })))
-  const sendQueues = Array.from({ length: shards }, (_, i) => i === 0 ? `${env.prefix}.worker` : `${env.prefix}.worker.${i}`)
+  const sendQueues = Array.from({ length: shards }, (_, i) => brokerNames(env.prefix).sendQueue(i))
   return { env, vhost, sql, gateways, worker: workers[0], workers, sendQueues, proxy }
 }
 

@@ -4,13 +4,10 @@
  * messages keep their order in `seq`), while different channels are stored by
  * different workers at once: persistence scales out instead of being one thread.
  *
- * The function is part of the wire contract between gateways and workers of every
- * version: changing it would move channels between queues exactly as changing the
- * shard count does (docs/OPERATIONS.md, "Send shards").
+ * The function is a contract between gateways of every version (workers only consume
+ * queue names): changing it would move channels between queues exactly as changing
+ * the shard count does (docs/OPERATIONS.md, "Send shards").
  */
-
-/** Most send queues; enough for 64 worker processes, few enough to watch each. */
-export const MAX_SEND_SHARDS = 64
 
 /** What decides a send's shard: its group channel, or the pair of users of a direct message. */
 export interface ShardKey {

@@ -79,8 +79,9 @@ t.test('closing the watch during a read leaves no channel open: the connection c
   for (const moment of ['before the channel opens', 'during a declare'] as const) {
     const conn = new Connection(amqpUrl)
     const watch = new BacklogWatch({ connection: conn, queues: ['chat.worker', 'chat.worker'], max: 10, intervalMs: 60_000 })
+    // With the channel open, a read sends its first declare at once: close() lands during it.
+    if (moment === 'during a declare') await watch.read()
     const reading = watch.read()
-    if (moment === 'during a declare') await new Promise((resolve) => setTimeout(resolve, 5))
     await watch.close()
     await reading
     const closed = await Promise.race([conn.close().then(() => true), new Promise((resolve) => setTimeout(() => resolve(false), 3000))])

@@ -52,6 +52,9 @@ t.test('a socket that starts on polling and upgrades keeps no upgrade request ei
     s.io.engine.once('upgrade', () => { upgraded = true; if (ready) resolve() })
   })))
   t.equal(requests.length, 5, 'five upgrades seen')
+  // The client reports its upgrade when it sends it: wait until the gateway took it.
+  const engine = both.app.io.engine as unknown as { clients: Record<string, { upgraded: boolean }> }
+  await waitUntil(() => Object.values(engine.clients).length === 5 && Object.values(engine.clients).every((c) => c.upgraded), 5000, 'the gateway upgraded every socket')
   for (let i = 0; i < 3; i++) {
     gc()
     await new Promise((resolve) => setImmediate(resolve))

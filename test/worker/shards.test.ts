@@ -16,7 +16,7 @@ import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.
 
 t.test('a send\'s shard', async (t) => {
   t.equal(sendShard({ senderId: 'ann', toUserId: 'ben' }, 1), 0, 'one shard: always 0')
-  // Gateways and workers of different versions must agree: these values are the contract.
+  // Gateways of different versions must agree: these values are the contract.
   t.equal(sendShard({ senderId: 'x', channelId: '00000000-0000-4000-8000-000000000001' }, 64), 53, 'a group channel')
   t.equal(sendShard({ senderId: 'ann', toUserId: 'ben' }, 64), 24, 'a direct pair')
   t.equal(sendShard({ senderId: 'zoë' }, 64), 56, 'a note to self')
