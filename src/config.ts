@@ -77,7 +77,7 @@ export const ConfigSchema = Type.Object({
   RPC_TIMEOUT_MS: Int('How long a gateway waits for the worker to answer a read (history, channel list).', 5000, 100, 120_000),
   SEND_TIMEOUT_MS: Int('How long a gateway waits for the broker to confirm a send before answering UNAVAILABLE.', 5000, 100, 120_000),
   SEND_BACKLOG_MAX: Int('Messages waiting in a send queue (shard) at which gateways answer new sends to that shard UNAVAILABLE at once, until it falls below 80 % of this; bounds how late a message can be when workers fall behind. Set it to about ten seconds of one worker\'s throughput (the limit applies to each shard); 0 never refuses (depths are still read for the metrics).', 100_000, 0, 100_000_000),
-  SEND_BACKLOG_CHECK_MS: Int('How often each gateway reads the depth of the send queues (one passive queue.declare per shard).', 500, 50, 60_000),
+  SEND_BACKLOG_CHECK_MS: Int('How often each gateway reads the depth of the send queues (one queue.declare per shard).', 500, 50, 60_000),
 
   DEMO_ENABLED: Type.Boolean({ description: 'Serve the demo chat page at `/`. Off unless set; never needed in production.', default: false }),
   DEV_TOKENS_ENABLED: Type.Boolean({ description: 'Enable `POST /dev/token`, which signs a token for any user name: for the demo and local testing only. Off unless set.', default: false }),

@@ -1,7 +1,10 @@
 /**
  * How far the workers are behind: the depth of each send queue (shard), read with a
- * passive queue.declare every few hundred milliseconds (the same method works on
- * RabbitMQ 3.x and 4.x, classic and quorum queues).
+ * queue.declare every few hundred milliseconds (the same method works on RabbitMQ 3.x
+ * and 4.x, classic and quorum queues). The declare carries the queue's full arguments
+ * rather than `passive`: a queue not declared yet (no worker and no send so far) is
+ * created, as the gateway's first send would, instead of failing and closing the
+ * channel every few hundred milliseconds.
  *
  * A gateway refuses new sends to a shard while its queue is deeper than the limit;
  * sends to the other shards, stored by other workers, are still taken. Past the
@@ -11,12 +14,12 @@
  * is cheap, immediate and never published, so a retry with the same clientMsgId is
  * always safe.
  */
-import type { Channel, Connection } from 'rabbitmq-client'
+import type { Channel, Cmd, Connection, MethodParams } from 'rabbitmq-client'
 
 export interface BacklogWatchOptions {
   connection: Connection
-  /** The send queues, by shard. */
-  queues: string[]
+  /** The send queues' declarations, by shard (src/broker/topology.ts). */
+  queues: Array<MethodParams[Cmd.QueueDeclare] & { queue: string }>
   /** Refuse sends to a shard while at least this many messages wait in it; 0 never refuses (depths and consumers are still read). */
   max: number
   intervalMs: number
@@ -40,8 +43,9 @@ export class BacklogWatch {
   #reading: Promise<void> | undefined
   #closed = false
   /**
-   * Its own channel: a passive declare of a queue not declared yet fails and closes the
-   * channel it ran on, which must not be the connection's shared one (route setup uses it).
+   * Its own channel: a declare that fails (arguments that differ from the broker's)
+   * closes the channel it ran on, which must not be the connection's shared one (route
+   * setup uses it).
    */
   #channel: Channel | undefined
 
@@ -91,7 +95,8 @@ export class BacklogWatch {
   }
 
   async #readAll (): Promise<void> {
-    for (const [shard, queue] of this.#o.queues.entries()) {
+    for (const [shard, declaration] of this.#o.queues.entries()) {
+      const queue = declaration.queue
       // A channel opened after close() would keep Connection.close() waiting for ever.
       if (this.#closed) return
       try {
@@ -103,7 +108,7 @@ export class BacklogWatch {
           }
           this.#channel = channel
         }
-        const { messageCount, consumerCount } = await this.#channel.queueDeclare({ queue, passive: true })
+        const { messageCount, consumerCount } = await this.#channel.queueDeclare(declaration)
         this.#depths[shard] = messageCount
         if (consumerCount === 0 && this.#consumers[shard] !== 0) this.#o.onUnconsumed?.(shard, queue)
         this.#consumers[shard] = consumerCount

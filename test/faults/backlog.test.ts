@@ -12,6 +12,7 @@ import { connectUser } from '../helpers/client.js'
 import { parsePrometheus, sampleValue } from '../helpers/prometheus.js'
 import { createDatabase, createVhost, sqlClient } from '../helpers/services.js'
 import { BacklogWatch } from '../../src/broker/backlog.js'
+import { brokerNames, queueSpecs } from '../../src/broker/topology.js'
 import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
 
 const MAX = 10
@@ -78,7 +79,8 @@ t.test('SEND_BACKLOG_MAX=0 never refuses, and still reads the depth', async (t) 
 t.test('closing the watch during a read leaves no channel open: the connection closes at once', async (t) => {
   for (const moment of ['before the channel opens', 'during a declare'] as const) {
     const conn = new Connection(amqpUrl)
-    const watch = new BacklogWatch({ connection: conn, queues: ['chat.worker', 'chat.worker'], max: 10, intervalMs: 60_000 })
+    const declaration = { ...queueSpecs(brokerNames('chat'), 1).sends[0]!.options, queue: 'chat.worker' }
+    const watch = new BacklogWatch({ connection: conn, queues: [declaration, declaration], max: 10, intervalMs: 60_000 })
     // With the channel open, a read sends its first declare at once: close() lands during it.
     if (moment === 'during a declare') await watch.read()
     const reading = watch.read()
