@@ -125,10 +125,15 @@ export class BacklogWatch {
     }
   }
 
-  /** Closes the watch's channel; a read in progress stops at its next step. Idempotent. */
+  /** Lets a read in progress finish (2 s at most), then closes the watch's channel. Idempotent. */
   async close (): Promise<void> {
     this.#closed = true
     clearInterval(this.#timer)
+    // A channel.close sent while a declare is failing crosses the broker's own close of
+    // that channel, and the broker then closes the whole connection ("expected
+    // 'channel.open'"), which rabbitmq-client reopens while the gateway shuts down: a
+    // CI run hung there. A read that is still acquiring a channel closes it itself.
+    if (this.#reading !== undefined) await Promise.race([this.#reading, new Promise((resolve) => setTimeout(resolve, 2000).unref())])
     if (this.#channel?.active === true) await this.#channel.close().catch(() => {})
   }
 }
