@@ -83,7 +83,9 @@ t.test('worker SIGTERM mid-load: nothing lost, nothing duplicated', async (t) =>
   t.teardown(() => rabbit.close())
   const pub = rabbit.createPublisher({ confirm: true })
   t.teardown(() => pub.close())
-  const ids = Array.from({ length: 3000 }, () => randomUUID())
+  // Enough that a fast worker is still busy when the signal lands (3,000 were all stored
+  // before it once, on a quick machine).
+  const ids = Array.from({ length: 12_000 }, () => randomUUID())
   const publishing = Promise.all(ids.map((clientMsgId, i) =>
     pub.send({ exchange: 'wk.incoming', routingKey: 'message.send', durable: true }, { v: 1, senderId: `s${i % 20}`, toUserId: `r${i % 7}`, clientMsgId, content: `m${i}` })))
   await waitUntil(async () => ((await sql`select count(*)::int as n from messages where client_msg_id = any(${ids})`)[0]?.n ?? 0) > 200, 20_000, 'worker busy')
