@@ -6,7 +6,7 @@
  * created, as the gateway's first send would, instead of failing and closing the
  * channel every few hundred milliseconds.
  *
- * A gateway refuses new sends to a shard while its queue is deeper than the limit;
+ * A gateway refuses new sends to a shard while its queue holds at least the limit;
  * sends to the other shards, stored by other workers, are still taken. Past the
  * workers' capacity, accepting more only makes every message later, and the broker
  * spends its CPU on a backlog instead of on the workers; the benchmark's 2.5x overload
@@ -23,7 +23,7 @@ export interface BacklogWatchOptions {
   /** Refuse sends to a shard while at least this many messages wait in it; 0 never refuses (depths and consumers are still read). */
   max: number
   intervalMs: number
-  /** Called when a read fails (queue not declared yet, connection down). */
+  /** Called when a read fails (connection down, or a queue declared with other arguments). */
   onError?: (err: unknown) => void
   /** Called when a shard's queue is found with no consumer after having one (or at the first read): its sends wait for a worker. */
   onUnconsumed?: (shard: number, queue: string) => void

@@ -80,7 +80,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   let databaseUp = true
   /** Reads (ping, RPC) tell whether the database answers; batches whether it takes writes. */
   const dbHealth = { answers: true, writes: true }
-  const ready = { rpc: false }
+  let rpcReady = false
   const setDatabaseState = (part: 'answers' | 'writes', up: boolean) => {
     dbHealth[part] = up
     // A `select 1` that works says nothing of a write path that fails (a read-only
@@ -179,10 +179,10 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     if (msg.replyTo !== undefined) await reply(response)
   })
 
-  const allReady = () => ready.rpc && sendsReady.size === sends.length
+  const allReady = () => rpcReady && sendsReady.size === sends.length
   const watch = (name: 'sends' | 'rpc', consumer: Consumer, queue: string) => {
     consumer.on('ready', () => {
-      if (name === 'rpc') ready.rpc = true
+      if (name === 'rpc') rpcReady = true
       else sendsReady.add(consumer)
       log.info({ queue: consumer.queue }, `worker consuming ${name}`)
     })
@@ -199,7 +199,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   watch('rpc', rpc, names.rpcQueue)
   consumeConn.on('error', () => {
     sendsReady.clear()
-    ready.rpc = false
+    rpcReady = false
   })
 
   // Readiness must notice an outage even when no message is flowing.
