@@ -10,6 +10,7 @@ export const CLIENT_ERROR_CODES = [
   'FORBIDDEN', // not a member of the channel
   'NOT_FOUND', // no such channel
   'RATE_LIMITED', // too many events; retry later
+  'LIMIT_REACHED', // a per-user limit (group channels) would be passed; nothing changed
   'UNAVAILABLE', // broker or worker unreachable; safe to retry with the same clientMsgId
   'INTERNAL', // a bug; logged on the server
   'UNAUTHORIZED', // bad, missing or expired token (connect_error message)

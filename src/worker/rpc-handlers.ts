@@ -19,6 +19,7 @@ export interface RpcHandlerDeps {
   /** Publishes a control delivery (joined/left) with confirms. */
   notify: (delivery: Delivery) => Promise<void>
   maxChannelMembers: number
+  maxUserGroups: number
   dbTimeoutMs: number
   log: Logger
   onDatabaseState: (up: boolean) => void
@@ -59,7 +60,7 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
         if (req.memberIds.length > deps.maxChannelMembers) {
           throw new ClientError('VALIDATION', `a channel may name at most ${deps.maxChannelMembers} members`)
         }
-        const { channel, memberIds } = await db(deps.channels.createGroup(req.userId, req.name, req.memberIds))
+        const { channel, memberIds } = await db(deps.channels.createGroup(req.userId, req.name, req.memberIds, deps.maxUserGroups))
         deps.onDatabaseState(true)
         // Every member's gateways bind channel:{id} and tell their sockets. A failure here
         // leaves the channel usable: members see it at their next session:ready.

@@ -161,6 +161,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     channels,
     messages,
     maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
+    maxUserGroups: config.MAX_USER_GROUPS,
     dbTimeoutMs: config.DB_TIMEOUT_MS,
     log,
     onDatabaseState: (up) => setDatabaseState('answers', up),

@@ -92,7 +92,7 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
   })
 
   t.test('only members may post to a group; refusals store nothing', async (t) => {
-    const { channel, memberIds } = await channels.createGroup('eve', 'ops', ['fay', 'gus', 'fay'])
+    const { channel, memberIds } = await channels.createGroup('eve', 'ops', ['fay', 'gus', 'fay'], 1000)
     t.same([...memberIds].sort(), ['eve', 'fay', 'gus'])
     const out = await messages.persistBatch([post('fay', channel.id, 'ok'), post('mallory', channel.id, 'let me in'), post('eve', randomUUID(), 'nowhere')])
     t.equal(out[0]?.status, 'stored')
@@ -102,8 +102,24 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
     t.equal(await count(db, sql`select last_seq as n from channels where id = ${channel.id}`), 1, 'a refusal consumes no seq')
   })
 
+  t.test('a user belongs to at most maxGroupsPerUser groups: a create past it is refused and creates nothing', async (t) => {
+    const cap = 3
+    await messages.persistBatch([dm('quin', 'rex'), dm('quin', 'sol')]) // direct channels do not count
+    const groups = []
+    for (let i = 0; i < cap; i++) groups.push((await channels.createGroup('quin', `g${i}`, [], cap)).channel)
+    const before = await count(db, sql`select count(*) as n from channels`)
+    await t.rejects(channels.createGroup('quin', 'one too many', ['rex'], cap), { code: 'LIMIT_REACHED', message: /you already belong to 3 group channels/ })
+    await t.rejects(channels.createGroup('rex', 'with quin', ['sol', 'quin'], cap), { code: 'LIMIT_REACHED', message: /a member already belong.*"quin"; nothing was created/ })
+    t.equal(await count(db, sql`select count(*) as n from channels`), before, 'no channel row was created')
+    t.equal(await count(db, sql`select count(*) as n from members where user_id in ('rex', 'sol') and channel_id in (select id from channels where kind = 'group')`), 0, 'no membership was added')
+    t.equal((await channels.listForUser('quin')).filter((c) => c.kind === 'group').length, cap)
+    await channels.leave(groups[0]!.id, 'quin')
+    const { memberIds } = await channels.createGroup('rex', 'with quin', ['quin'], cap)
+    t.same([...memberIds].sort(), ['quin', 'rex'], 'after leaving one, quin can be added again')
+  })
+
   t.test('concurrent batches on one channel keep seq gapless and unique', async (t) => {
-    const { channel } = await channels.createGroup('hal', 'busy', ['ivy'])
+    const { channel } = await channels.createGroup('hal', 'busy', ['ivy'], 1000)
     const batches = Array.from({ length: 8 }, (_, i) => Array.from({ length: 25 }, (_, j) => post(j % 2 === 0 ? 'hal' : 'ivy', channel.id, `${i}-${j}`)))
     await Promise.all(batches.map((b) => messages.persistBatch(b)))
     const seqs = await rows<{ seq: number | string }>(db, sql`select seq from messages where channel_id = ${channel.id} order by seq`)
@@ -111,7 +127,7 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
   })
 
   t.test('the same message racing in two transactions is stored once without a seq gap', async (t) => {
-    const { channel } = await channels.createGroup('jo', 'race', [])
+    const { channel } = await channels.createGroup('jo', 'race', [], 1000)
     const id: string = randomUUID()
     const batchA = () => messages.persistBatch([post('jo', channel.id, 'a'), post('jo', channel.id, 'same', id)])
     const batchB = () => messages.persistBatch([post('jo', channel.id, 'same', id), post('jo', channel.id, 'b')])
@@ -126,7 +142,7 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
   })
 
   t.test('a message stored first by a concurrent transaction: the whole batch is refused for a retry and writes nothing', { skip: !concurrent && 'one connection only' }, async (t) => {
-    const { channel } = await channels.createGroup('pat', 'race-held', [])
+    const { channel } = await channels.createGroup('pat', 'race-held', [], 1000)
     const id: string = randomUUID()
     let release!: () => void
     const held = new Promise<void>((resolve) => { release = resolve })
@@ -158,7 +174,7 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
   })
 
   t.test('history: members only, oldest first, afterSeq / beforeSeq / latest', async (t) => {
-    const { channel } = await channels.createGroup('kim', 'log', ['lou'])
+    const { channel } = await channels.createGroup('kim', 'log', ['lou'], 1000)
     for (let i = 1; i <= 12; i++) await messages.persistBatch([post('kim', channel.id, `m${i}`)])
     const after = await messages.history('lou', { channelId: channel.id, afterSeq: 9, limit: 50 })
     t.same(after.map((m) => m.content), ['m10', 'm11', 'm12'])
@@ -170,7 +186,7 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
   })
 
   t.test('leaving a group removes the membership; a direct channel cannot be left', async (t) => {
-    const { channel } = await channels.createGroup('max', 'temp', ['ned'])
+    const { channel } = await channels.createGroup('max', 'temp', ['ned'], 1000)
     await channels.leave(channel.id, 'ned')
     t.notOk((await channels.listForUser('ned')).some((c) => c.id === channel.id))
     await t.rejects(channels.leave(channel.id, 'ned'), { code: 'FORBIDDEN' })

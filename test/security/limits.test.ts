@@ -28,6 +28,7 @@ t.test('every limit has a sane default and cannot be configured away', async (t)
     MAX_PAYLOAD_BYTES: 16_384,
     MAX_CONTENT_CHARS: 4000,
     MAX_CHANNEL_MEMBERS: 1000,
+    MAX_USER_GROUPS: 1000,
     SOCKET_RATE_PER_SEC: 20,
     SOCKET_RATE_BURST: 40,
     USER_MAX_SOCKETS: 20,
@@ -42,7 +43,7 @@ t.test('every limit has a sane default and cannot be configured away', async (t)
   for (const [name, value] of [
     ['MAX_PAYLOAD_BYTES', '0'], ['MAX_PAYLOAD_BYTES', '104857600'], ['MAX_CONTENT_CHARS', '0'], ['SOCKET_RATE_PER_SEC', '0'],
     ['SOCKET_RATE_BURST', '0'], ['USER_MAX_SOCKETS', '0'], ['GATEWAY_MAX_SOCKETS', '0'], ['USER_MAX_SOCKETS', 'unlimited'],
-    ['SOCKET_RATE_PER_SEC', '-1'], ['MAX_CHANNEL_MEMBERS', '1e9'], ['GATEWAY_MAX_SOCKETS', '15e3'], ['USER_MAX_SOCKETS', '1.5'],
+    ['SOCKET_RATE_PER_SEC', '-1'], ['MAX_CHANNEL_MEMBERS', '1e9'], ['MAX_USER_GROUPS', '0'], ['MAX_USER_GROUPS', 'unlimited'], ['GATEWAY_MAX_SOCKETS', '15e3'], ['USER_MAX_SOCKETS', '1.5'],
     ['MAX_PAYLOAD_BYTES', '16k'], ['SOCKET_RATE_BURST', '0x10']
   ] as const) {
     t.throws(() => loadConfig('gateway', { [name]: value }), ConfigError, `${name}=${value} is refused at start`)
@@ -313,4 +314,27 @@ t.test('a connection that dies right after its CONNECT does not hand the user a 
   t.teardown(() => outcome.socket.disconnect())
   const again = outcome.outcome === "connected" ? await served(outcome.socket) : 0
   t.ok(again <= 2, `${again} of 5 served after reconnecting (${outcome.outcome}): the bucket was kept, not replaced by a full one`)
+})
+
+t.test('one user cannot fill another\'s channel list: a create past MAX_USER_GROUPS is LIMIT_REACHED and changes nothing', async (t) => {
+  const { url: ownAmqp } = await createVhost(t)
+  const own = { amqpUrl: ownAmqp, databaseUrl: await createDatabase(t) }
+  const ownSql = sqlClient(t, own.databaseUrl)
+  await startTestWorker(t, own, { MAX_USER_GROUPS: '3' })
+  const gw = await startTestGateway(t, own)
+  const spammer = await connectUser(t, gw.url, 'spammer')
+  const create = (name: string, memberIds: string[]) => spammer.request<Ack & { channelId?: string }>('channel:create', { name, memberIds })
+  for (let i = 0; i < 3; i++) t.equal(codeOf(await create(`spam ${i}`, ['victim'])), 'ok')
+  const refused = await create('spam 3', ['victim', 'bystander'])
+  t.match(refused, { ok: false, error: { code: 'LIMIT_REACHED' } }, 'the fourth create is refused')
+  const [{ n }] = await ownSql<[{ n: number }]>`select count(*)::int as n from channels where kind = 'group'`
+  t.equal(n, 3, 'no channel was created for it')
+  const [{ m }] = await ownSql<[{ m: number }]>`select count(*)::int as m from members where user_id = 'bystander'`
+  t.equal(m, 0, 'and nobody was added')
+
+  const victim = await connectUser(t, gw.url, 'victim')
+  t.equal(victim.ready.channels.length, 3, 'the victim\'s session holds the three groups, no more')
+  const other = await connectUser(t, gw.url, 'other')
+  t.match(await other.request<Ack>('channel:create', { name: 'fine', memberIds: ['bystander'] }), { ok: true }, 'other users still create channels')
+  t.match(await other.request<Ack>('channel:create', { name: 'full', memberIds: ['victim'] }), { ok: false, error: { code: 'LIMIT_REACHED', message: /"victim"/ } }, 'anyone naming the full user is told who')
 })

@@ -21,6 +21,7 @@ t.test('a committed create or leave is answered ok however slowly it is announce
     messages: createMessagesRepository(handle.db),
     notify: () => sleep(600),
     maxChannelMembers: 100,
+    maxUserGroups: 1000,
     dbTimeoutMs: 300,
     log: silentLogger,
     onDatabaseState: (up) => states.push(up)
@@ -41,6 +42,7 @@ t.test('an announcement the broker confirms late does not hold the answer past t
     messages: createMessagesRepository(handle.db),
     notify: () => sleep(6000), // within the worker's own 10 s publish timeout, past the gateway's 5 s
     maxChannelMembers: 100,
+    maxUserGroups: 1000,
     dbTimeoutMs: 5000,
     log: silentLogger,
     onDatabaseState: () => {}

@@ -2,7 +2,7 @@
  * Channels and their members. A direct conversation between two users is one
  * channel whose `direct_key` is the sorted pair, so it is found, never duplicated.
  */
-import { and, asc, eq, inArray } from 'drizzle-orm'
+import { and, asc, count, eq, gte, inArray } from 'drizzle-orm'
 import { channels, members } from '../../../drizzle/schema.js'
 import type { ChannelSummary } from '../../contracts/protocol.js'
 import { ClientError } from '../../errors.js'
@@ -89,10 +89,22 @@ export function createChannelsRepository (db: Database) {
       return row
     },
 
-    /** Creates a group whose members are the creator and `memberIds` (deduplicated). */
-    async createGroup (creatorId: string, name: string, memberIds: string[]): Promise<{ channel: ChannelSummary, memberIds: string[] }> {
+    /**
+     * Creates a group whose members are the creator and `memberIds` (deduplicated).
+     * @throws ClientError LIMIT_REACHED, creating nothing, if one of them already belongs
+     *   to `maxGroupsPerUser` groups. Creates running at the same moment are not counted,
+     *   so concurrent ones can pass the limit by a few: it is a guard, not a quota.
+     */
+    async createGroup (creatorId: string, name: string, memberIds: string[], maxGroupsPerUser: number): Promise<{ channel: ChannelSummary, memberIds: string[] }> {
       const everyone = [...new Set([creatorId, ...memberIds])]
       return await db.transaction(async (tx) => {
+        const full = await tx.select({ userId: members.userId, groups: count() })
+          .from(members)
+          .innerJoin(channels, eq(channels.id, members.channelId))
+          .where(and(inArray(members.userId, everyone), eq(channels.kind, 'group')))
+          .groupBy(members.userId)
+          .having(({ groups }) => gte(groups, maxGroupsPerUser))
+        if (full.length > 0) throw limitReached(creatorId, full.map((f) => f.userId), maxGroupsPerUser)
         const [row] = await tx.insert(channels)
           .values({ kind: 'group', name, createdBy: creatorId })
           .returning(summaryColumns)
@@ -115,4 +127,13 @@ export function createChannelsRepository (db: Database) {
       await db.delete(members).where(and(eq(members.channelId, channelId), eq(members.userId, userId)))
     }
   }
+}
+
+function limitReached (creatorId: string, full: string[], max: number): ClientError {
+  if (full.includes(creatorId)) {
+    return new ClientError('LIMIT_REACHED', `you already belong to ${max} group channels, the most allowed; leave one first`)
+  }
+  const shown = full.slice(0, 5).map((id) => JSON.stringify(id)).join(', ')
+  const more = full.length > 5 ? ` and ${full.length - 5} more` : ''
+  return new ClientError('LIMIT_REACHED', `${full.length === 1 ? 'a member' : `${full.length} members`} already belong to ${max} group channels, the most allowed: ${shown}${more}; nothing was created`)
 }
