@@ -10,7 +10,7 @@ import { cpus, totalmem, release } from 'node:os'
 import { cleanupAll, installSignalHandlers } from './lib/cleanup.js'
 import { makeContext, type RunContext } from './lib/context.js'
 import { printResult, writeJson, type ScenarioResult } from './lib/report.js'
-import { serviceVersions } from './lib/services.js'
+import { serviceVersions, useBroker } from './lib/services.js'
 import { loadAverage } from './lib/usage.js'
 import { getSystemRoot, setSystemRoot, sleep } from './lib/processes.js'
 import { readFileSync } from 'node:fs'
@@ -31,6 +31,8 @@ const USAGE = `usage: npm run bench -- <${Object.keys(scenarios).join('|')}> [--
   --gateway-env K=V,K=V   extra gateway environment (e.g. BIND_CHANNELS=64)
   --worker-env K=V,K=V    extra worker environment (e.g. WORKER_BATCH_MAX=1000)
   --system-root DIR       start gateways and workers from DIR (a built checkout, e.g. with a proposed patch)
+  --amqp-port P           use the RabbitMQ node on 127.0.0.1:P (5672) …
+  --rabbitmqctl CMD       … managed by CMD, a command that runs that node's rabbitmqctl (rabbitmqctl)
   --wait-quiet [LOAD]     first wait (up to 10 min) until the 1-minute load average is below LOAD (default 1.0):
                           the machine is shared, and other work on it skews every figure
 Scenario options are listed in docs/BENCHMARKS.md.`
@@ -64,6 +66,8 @@ if (scenario === undefined || values.help === true) {
 installSignalHandlers()
 const ctx = makeContext(name!, values)
 if (typeof values['system-root'] === 'string') setSystemRoot(resolve(values['system-root']))
+if (typeof values['amqp-port'] === 'string') useBroker({ port: Number(values['amqp-port']) })
+if (typeof values.rabbitmqctl === 'string') useBroker({ rabbitmqctl: values.rabbitmqctl })
 if (values['wait-quiet'] !== undefined) {
   const limit = typeof values['wait-quiet'] === 'string' ? Number(values['wait-quiet']) : 1.0
   const load1 = () => Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0])

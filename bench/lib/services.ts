@@ -12,16 +12,19 @@ import { onCleanup } from './cleanup.js'
 const run = promisify(execFile)
 
 export const AMQP_HOST = '127.0.0.1'
-export const AMQP_PORT = 5672
+/** The broker under test: the local one, or another node on this host (`--amqp-port`, `--rabbitmqctl`). */
+const broker = { port: 5672, rabbitmqctl: 'rabbitmqctl' }
+export function useBroker (opts: { port?: number, rabbitmqctl?: string }): void { Object.assign(broker, opts) }
+export const amqpPort = (): number => broker.port
 export const PG_ADMIN_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
 export const REDIS_URL = 'redis://127.0.0.1:6379'
 
 export async function rabbitmqctl (...args: string[]): Promise<string> {
-  const { stdout } = await run('rabbitmqctl', ['-q', ...args], { timeout: 120_000, maxBuffer: 64 * 1024 * 1024 })
+  const { stdout } = await run(broker.rabbitmqctl, ['-q', ...args], { timeout: 120_000, maxBuffer: 64 * 1024 * 1024 })
   return stdout
 }
 
-export const amqpUrl = (vhost: string, port = AMQP_PORT) => `amqp://guest:guest@${AMQP_HOST}:${port}/${encodeURIComponent(vhost)}`
+export const amqpUrl = (vhost: string, port = amqpPort()) => `amqp://guest:guest@${AMQP_HOST}:${port}/${encodeURIComponent(vhost)}`
 
 /** A fresh vhost with guest permissions, deleted at cleanup. */
 export async function createVhost (name: string): Promise<string> {

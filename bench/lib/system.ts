@@ -7,8 +7,8 @@ import { brokerNames } from '../../src/broker/topology.js'
 import type { RunContext } from './context.js'
 import { TcpProxy } from './proxy.js'
 import { startGateway, startWorker, type Proc, type SystemEnv } from './processes.js'
-import { AMQP_HOST, AMQP_PORT, amqpUrl, createDatabase, createVhost, sqlClient } from './services.js'
-import { pidsByName, type UsageGroup } from './usage.js'
+import { AMQP_HOST, amqpPort, amqpUrl, createDatabase, createVhost, sqlClient } from './services.js'
+import { listenerPid, pidsByName, type UsageGroup } from './usage.js'
 
 export interface System {
   env: SystemEnv
@@ -59,7 +59,7 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
   let proxy: TcpProxy | undefined
   let gatewaySys = env
   if (opts.proxy === true) {
-    proxy = new TcpProxy({ host: AMQP_HOST, port: AMQP_PORT })
+    proxy = new TcpProxy({ host: AMQP_HOST, port: amqpPort() })
     const port = await proxy.listen()
     gatewaySys = { ...env, amqpUrl: amqpUrl(vhost, port) }
   }
@@ -105,7 +105,9 @@ export function usageGroups (parts: { gateways?: Proc[], worker?: Proc, workers?
   for (const s of parts.servers ?? []) groups.push({ name: s.name, pids: () => [s.pid] })
   if (parts.loadPids !== undefined) { const p = parts.loadPids; groups.push({ name: 'load', pids: () => p }) }
   groups.push({ name: 'coordinator', pids: () => [process.pid] })
-  groups.push({ name: 'rabbitmq', pids: () => pidsByName('beam.smp') })
+  // The broker node that listens on the AMQP port, not every Erlang VM on the host.
+  const brokerPid = listenerPid(amqpPort())
+  groups.push({ name: 'rabbitmq', pids: () => brokerPid !== undefined ? [brokerPid] : pidsByName('beam.smp') })
   groups.push({ name: 'postgres', pids: () => pidsByName('postgres') })
   if (parts.redis === true) groups.push({ name: 'redis', pids: () => pidsByName('redis-server') })
   return groups

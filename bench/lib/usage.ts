@@ -5,7 +5,7 @@
  * name; their figures include whatever else uses them on this machine.
  */
 import { execFileSync } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 
 const CLK_TCK = (() => {
   try { return Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100 } catch { return 100 }
@@ -38,6 +38,30 @@ export function pidsByName (...names: string[]): number[] {
     } catch { /* exited */ }
   }
   return pids
+}
+
+/** The pid listening on a local TCP port (from /proc/net/tcp{,6} and each process's fds), if any. */
+export function listenerPid (port: number): number | undefined {
+  const inodes = new Set<string>()
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = ''
+    try { text = readFileSync(table, 'utf8') } catch { continue }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/)
+      // local_address is ADDR:PORT in hex; state 0A is LISTEN; field 9 is the inode
+      if (f[3] === '0A' && Number.parseInt(f[1]?.split(':')[1] ?? '', 16) === port && f[9] !== undefined) inodes.add(`socket:[${f[9]}]`)
+    }
+  }
+  if (inodes.size === 0) return undefined
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      for (const fd of readdirSync(`/proc/${entry}/fd`)) {
+        if (inodes.has(readlinkSync(`/proc/${entry}/fd/${fd}`))) return Number(entry)
+      }
+    } catch { /* exited, or not ours to read */ }
+  }
+  return undefined
 }
 
 /** Whole-machine busy and total jiffies from /proc/stat, for the load of everything else. */

@@ -4,20 +4,23 @@
  *
  *   node --import tsx bench/tools/broker-cost.ts            # rabbitmq-client as is
  *   COALESCE=1 node --import tsx bench/tools/broker-cost.ts # with src/broker/socket.ts
+ *   AMQP_PORT=5673 …                                         # another node on this host
  *
  * Uses the default vhost with queues named micro.* (deleted afterwards).
  */
-import { execSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { Connection } from 'rabbitmq-client'
 import { coalesceWrites } from '../../src/broker/socket.js'
+import { listenerPid } from '../lib/usage.js'
 
-const beam = execSync('pgrep -x beam.smp').toString().trim().split('\n')[0]
+const port = Number(process.env.AMQP_PORT ?? 5672)
+const beam = listenerPid(port)
+if (beam === undefined) throw new Error(`nothing listens on 127.0.0.1:${port}`)
 const ticks = () => {
   const f = readFileSync(`/proc/${beam}/stat`, 'utf8').split(') ')[1]!.split(' ')
   return Number(f[11]) + Number(f[12])
 }
-const rabbit = new Connection({ url: 'amqp://guest:guest@127.0.0.1:5672', noDelay: true })
+const rabbit = new Connection({ url: `amqp://guest:guest@127.0.0.1:${port}`, noDelay: true })
 if (process.env.COALESCE !== undefined) coalesceWrites(rabbit)
 const N = 20_000
 

@@ -13,7 +13,7 @@ import { brokerNames, consumerTopology, declareTopology } from '../../src/broker
 import { ClientError } from '../../src/errors.js'
 import { silentLogger } from '../../src/log.js'
 import { startProxy, viaProxy } from '../helpers/proxy.js'
-import { closeConnections, createVhost } from '../helpers/services.js'
+import { AMQP_PORT, closeConnections, createVhost } from '../helpers/services.js'
 
 const { vhost, url } = await createVhost(t)
 const names = brokerNames('chat')
@@ -39,7 +39,7 @@ const burst = async (rpc: WorkerRpc, n: number) => {
 }
 
 t.test('concurrent callers on a fresh client and right after a reconnect are all answered, 50 ms from the broker', async (t) => {
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   proxy.delay(25)
   const connection = openConnection({ url: viaProxy(url, proxy), name: 'rpc-test', heartbeatSeconds: 10, log: silentLogger })
   const rpc = new WorkerRpc(connection, names, 5000)
@@ -56,7 +56,7 @@ t.test('concurrent callers on a fresh client and right after a reconnect are all
 })
 
 t.test('a call is bounded by its timeout when the broker stops reading', async (t) => {
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   const connection = openConnection({ url: viaProxy(url, proxy), name: 'rpc-frozen', heartbeatSeconds: 60, log: silentLogger })
   const rpc = new WorkerRpc(connection, names, 800)
   t.teardown(async () => { await rpc.close(); await connection.close() })
@@ -72,7 +72,7 @@ t.test('a call is bounded by its timeout when the broker stops reading', async (
 })
 
 t.test('a call made while the broker is unreachable, or while the link goes silent as the client opens its channel, is bounded by its timeout', async (t) => {
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   const connection = openConnection({ url: viaProxy(url, proxy), name: 'rpc-unreachable', heartbeatSeconds: 60, log: silentLogger })
   const rpc = new WorkerRpc(connection, names, 800)
   t.teardown(async () => { await rpc.close(); await connection.close() })

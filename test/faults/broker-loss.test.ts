@@ -8,14 +8,14 @@ import t from 'tap'
 import type { Message } from '../../src/contracts/protocol.js'
 import { connectUser } from '../helpers/client.js'
 import { startProxy, viaProxy } from '../helpers/proxy.js'
-import { createDatabase, createVhost, listBindings, sqlClient } from '../helpers/services.js'
+import { AMQP_PORT, createDatabase, createVhost, listBindings, sqlClient } from '../helpers/services.js'
 import { sleep, startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
 
 const { vhost, url: amqpUrl } = await createVhost(t)
 const databaseUrl = await createDatabase(t)
 const sql = sqlClient(t, databaseUrl)
 await startTestWorker(t, { amqpUrl, databaseUrl })
-const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
 // The gateway under test reaches the broker only through the proxy; the other does not.
 const cut = await startTestGateway(t, { amqpUrl: viaProxy(amqpUrl, proxy), databaseUrl }, { SEND_TIMEOUT_MS: '1500', RPC_TIMEOUT_MS: '1500' })
 const other = await startTestGateway(t, { amqpUrl, databaseUrl })

@@ -9,7 +9,7 @@ import type { Message } from '../../src/contracts/protocol.js'
 import { connectUser } from '../helpers/client.js'
 import { parsePrometheus, sampleValue } from '../helpers/prometheus.js'
 import { startProxy, viaProxy } from '../helpers/proxy.js'
-import { createDatabase, createVhost, listQueues, sqlClient } from '../helpers/services.js'
+import { AMQP_PORT, createDatabase, createVhost, listQueues, sqlClient } from '../helpers/services.js'
 import { sleep, spawnGateway, spawnWorker, waitUntil } from '../helpers/system.js'
 
 const { vhost, url: amqpUrl } = await createVhost(t)
@@ -55,7 +55,7 @@ t.test('SIGKILL the active worker mid-load with a standby running', async (t) =>
 t.test('SIGKILL a gateway whose death the network hides: queue gone within the heartbeat, clients catch up elsewhere', async (t) => {
   const env = { amqpUrl, databaseUrl, prefix: 'gk' }
   await spawnWorker(t, env)
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   const g1 = await spawnGateway(t, { ...env, amqpUrl: viaProxy(amqpUrl, proxy) }, { AMQP_HEARTBEAT_S: '2' })
   const g2 = await spawnGateway(t, env)
   const g1Queue = ((await (await fetch(`${g1.url}/ready`)).json()) as { queue: string }).queue

@@ -11,13 +11,13 @@ import type { Message } from '../../src/contracts/protocol.js'
 import { connectUser } from '../helpers/client.js'
 import { parsePrometheus, sampleValue } from '../helpers/prometheus.js'
 import { startProxy, viaProxy } from '../helpers/proxy.js'
-import { createDatabase, createVhost } from '../helpers/services.js'
+import { AMQP_PORT, createDatabase, createVhost } from '../helpers/services.js'
 import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
 
 const { url: amqpUrl } = await createVhost(t)
 const databaseUrl = await createDatabase(t)
 await startTestWorker(t, { amqpUrl, databaseUrl })
-const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
 const slow = await startTestGateway(t, { amqpUrl: viaProxy(amqpUrl, proxy), databaseUrl }, { GATEWAY_QUEUE_MAX_LENGTH: '200' })
 const other = await startTestGateway(t, { amqpUrl, databaseUrl })
 

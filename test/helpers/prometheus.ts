@@ -4,7 +4,9 @@
  */
 export interface Sample { name: string, labels: Record<string, string>, value: number }
 
-const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)( -?[0-9]+)?$/
+// Special values in any case, as Prometheus reads them (Go's ParseFloat): prom-client
+// writes NaN as "Nan", which a gauge whose value is unknown shows.
+const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (-?[0-9.eE+-]+|[nN][aA][nN]|[+-][iI][nN][fF])( -?[0-9]+)?$/
 const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)/y
 
 export function parsePrometheus (text: string): { samples: Sample[], types: Map<string, string> } {
@@ -30,11 +32,16 @@ export function parsePrometheus (text: string): { samples: Sample[], types: Map<
       if (l === null) throw new Error(`line ${i + 1}: bad labels: ${body}`)
       labels[l[1]!] = l[2]!
     }
-    samples.push({ name: m[1]!, labels, value: Number(m[4]) })
+    samples.push({ name: m[1]!, labels, value: specialValue(m[4]!) ?? Number(m[4]) })
   }
   return { samples, types }
 }
 
 export function sampleValue (samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
   return samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value
+}
+
+function specialValue (text: string): number | undefined {
+  const lower = text.toLowerCase()
+  return lower === 'nan' ? Number.NaN : lower === '+inf' ? Infinity : lower === '-inf' ? -Infinity : undefined
 }

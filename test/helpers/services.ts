@@ -11,13 +11,17 @@ import { runMigrations } from '../../src/db/migrate.js'
 
 const run = promisify(execFile)
 
-export const AMQP_HOST = '127.0.0.1:5672'
+// The broker under test: the local 3.10 by default; TEST_AMQP_PORT and TEST_RABBITMQCTL
+// point the suite at another node (docs/OPERATIONS.md, "Testing against RabbitMQ 4").
+export const AMQP_PORT = Number(process.env.TEST_AMQP_PORT ?? 5672)
+export const AMQP_HOST = `127.0.0.1:${AMQP_PORT}`
+const RABBITMQCTL = process.env.TEST_RABBITMQCTL ?? 'rabbitmqctl'
 export const PG_ADMIN_URL = 'postgres://postgres@127.0.0.1:5432/postgres'
 
 export const uniqueName = (prefix: string) => `${prefix}_${Date.now().toString(36)}_${randomBytes(3).toString('hex')}`
 
 export async function rabbitmqctl (...args: string[]): Promise<string> {
-  const { stdout } = await run('rabbitmqctl', ['-q', ...args], { timeout: 60_000 })
+  const { stdout } = await run(RABBITMQCTL, ['-q', ...args], { timeout: 60_000 })
   return stdout
 }
 
