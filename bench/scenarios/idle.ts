@@ -54,9 +54,14 @@ export async function idle (ctx: RunContext): Promise<ScenarioResult> {
 
   const usage = new UsageWindow(usageGroups({ gateways: [gw], worker: sys.worker, loadPids: pool.pids })).start()
   const t0 = performance.now()
+  // RSS once a second over the idle window: one reading lands anywhere in V8's GC cycle
+  // (12–17 KB per socket in five runs of the same code), so the range is what is reported.
+  const idleRssKb: number[] = []
   while (performance.now() - t0 < idleMs) {
     await sleep(1000)
-    progress(`idle: ${((performance.now() - t0) / 1000).toFixed(0)}/${idleMs / 1000} s, gateway RSS ${Math.round((readProc(gw.pid)?.rssKb ?? 0) / 1024)} MB`)
+    const rss = readProc(gw.pid)?.rssKb ?? 0
+    idleRssKb.push(rss)
+    progress(`idle: ${((performance.now() - t0) / 1000).toFixed(0)}/${idleMs / 1000} s, gateway RSS ${Math.round(rss / 1024)} MB`)
   }
   progressEnd()
   const idleUsage = usage.stop()
@@ -66,6 +71,9 @@ export async function idle (ctx: RunContext): Promise<ScenarioResult> {
   const rssKb = readProc(gw.pid)?.rssKb ?? 0
   const heapEnd = await heap()
   const perSocketKb = held > 0 ? (rssKb - base.rssKb) / held : 0
+  const perSocket = (kb: number) => held > 0 ? Math.round((kb - base.rssKb) / held * 10) / 10 : 0
+  const idleSorted = [...idleRssKb].sort((a, b) => a - b)
+  const idleKb = { min: perSocket(idleSorted[0] ?? 0), median: perSocket(idleSorted[Math.floor(idleSorted.length / 2)] ?? 0), max: perSocket(idleSorted.at(-1) ?? 0) }
   const heapPerSocketKb = held > 0 ? (heapEnd - base.heap) / 1024 / held : 0
   const gwUsage = idleUsage.groups.find((g) => g.name === gw.name)!
   const loadUsage = idleUsage.groups.find((g) => g.name === 'load')!
@@ -84,6 +92,7 @@ export async function idle (ctx: RunContext): Promise<ScenarioResult> {
       'RSS before MB': Math.round(base.rssKb / 1024),
       'RSS after MB': Math.round(rssKb / 1024),
       'RSS KB/socket': Math.round(perSocketKb * 10) / 10,
+      'idle RSS KB/socket min/med/max': `${idleKb.min} / ${idleKb.median} / ${idleKb.max}`,
       'heap KB/socket': Math.round(heapPerSocketKb * 10) / 10,
       'heartbeat cores': Math.round(gwUsage.cores * 1000) / 1000,
       'client KB/socket': held > 0 ? Math.round(loadUsage.rssMb * 1024 / held * 10) / 10 : 0
@@ -91,14 +100,14 @@ export async function idle (ctx: RunContext): Promise<ScenarioResult> {
     targets: [{
       name: 'idle sockets in one gateway process at ≤ 15 KB RSS each',
       target: '≥ 15,000 at ≤ 15 KB',
-      measured: `${held} at ${perSocketKb.toFixed(1)} KB RSS/socket (${heapPerSocketKb.toFixed(1)} KB heap), heartbeat CPU ${(gwUsage.cores * 100).toFixed(1)} % of a core`,
-      met: ctx.quick ? null : held >= 15_000 && perSocketKb <= 15
+      measured: `${held} at ${idleKb.max} KB RSS/socket at most over the idle window (median ${idleKb.median}, least ${idleKb.min}; ${perSocketKb.toFixed(1)} at the end, ${heapPerSocketKb.toFixed(1)} KB heap), heartbeat CPU ${(gwUsage.cores * 100).toFixed(1)} % of a core`,
+      met: ctx.quick ? null : held >= 15_000 && idleKb.max <= 15
     }],
     usage: [{ phase: 'idle', ...idleUsage }],
     notes: [
-      'RSS per socket = (gateway RSS with the sockets − RSS before any socket) / sockets held; pingInterval 25 s',
+      'RSS per socket = (gateway RSS with the sockets − RSS before any socket) / sockets held, read once a second over the idle window (the target is judged on the highest reading); pingInterval 25 s',
       `the per-process open-files limit is 20,000, so one gateway cannot hold more than about 19,9xx sockets`
     ],
-    details: { base, rssKb, heapEnd, afterConnect, end, connectMs: conn.durationMs }
+    details: { base, rssKb, idleRssKb, heapEnd, afterConnect, end, connectMs: conn.durationMs }
   }
 }
