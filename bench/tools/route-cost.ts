@@ -6,24 +6,29 @@
  * with `#` (as the binding manager does now). Reads beam.smp's CPU from /proc.
  *
  *   node --import tsx bench/tools/route-cost.ts [rounds=3]
+ *   AMQP_PORT=5673 RABBITMQCTL=/path/to/ctl …   # another node on this host
  *
  * Runs in its own vhost, deleted afterwards.
  */
-import { execFileSync, execSync } from 'node:child_process'
+import { execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { Connection } from 'rabbitmq-client'
 import { coalesceWrites } from '../../src/broker/socket.js'
+import { listenerPid } from '../lib/usage.js'
+
+const port = Number(process.env.AMQP_PORT ?? 5672)
 
 const vhost = `bench-route-cost-${process.pid}`
-const rabbitmqctl = (...args: string[]) => execFileSync('rabbitmqctl', ['-q', ...args]).toString()
+const rabbitmqctl = (...args: string[]) => execFileSync(process.env.RABBITMQCTL ?? 'rabbitmqctl', ['-q', ...args]).toString()
 rabbitmqctl('add_vhost', vhost)
 rabbitmqctl('set_permissions', '-p', vhost, 'guest', '.*', '.*', '.*')
-const beam = execSync('pgrep -x beam.smp').toString().trim().split('\n')[0]
+const beam = listenerPid(port)
+if (beam === undefined) throw new Error(`nothing listens on 127.0.0.1:${port}`)
 const ticks = () => {
   const f = readFileSync(`/proc/${beam}/stat`, 'utf8').split(') ')[1]!.split(' ')
   return Number(f[11]) + Number(f[12])
 }
-const rabbit = new Connection({ url: `amqp://guest:guest@127.0.0.1:5672/${vhost}`, noDelay: true })
+const rabbit = new Connection({ url: `amqp://guest:guest@127.0.0.1:${port}/${vhost}`, noDelay: true })
 coalesceWrites(rabbit)
 const N = Number(process.env.N ?? 20_000)
 const KEYS = 10_000
@@ -33,7 +38,7 @@ async function bindAll (bind: (key: string) => Promise<unknown>): Promise<void> 
   for (let i = 0; i < KEYS; i += 200) await Promise.all(Array.from({ length: 200 }, (_, j) => bind(`user:${i + j}`)))
 }
 
-async function run (variant: 'queue' | 'route' | 'fanout' | 'fanout-lease' | 'headers'): Promise<{ rate: number, brokerUs: number }> {
+async function run (variant: 'queue' | 'route' | 'topic-lease' | 'fanout' | 'fanout-lease' | 'headers'): Promise<{ rate: number, brokerUs: number }> {
   const outgoing = `out.${variant}`
   await rabbit.exchangeDeclare({ exchange: outgoing, type: 'direct', durable: true })
   let got = 0
@@ -53,6 +58,19 @@ async function run (variant: 'queue' | 'route' | 'fanout' | 'fanout-lease' | 'he
     await rabbit.queueDeclare({ queue: lease, durable: true, arguments: { 'x-expires': 60_000 } })
     await rabbit.queueBind({ queue: lease, exchange: route, routingKey: '', arguments: { 'x-match': 'all', 'x-chat-lease': 'never' } })
     await rabbit.queueBind({ queue, exchange: route, routingKey: '', arguments: { 'x-match': 'all' } })
+    await bindAll((routingKey) => rabbit.exchangeBind({ destination: route, source: outgoing, routingKey }))
+  } else if (variant === 'topic-lease') {
+    // What the binding manager declares: a topic route, the queue bound with `#`, and a
+    // holder (direct) bound by a one-word key no delivery carries, holding the lease queue.
+    const route = `topic.${process.pid}`
+    const holder = `holder.${process.pid}`
+    const lease = `lease.${process.pid}`
+    await rabbit.exchangeDeclare({ exchange: route, type: 'topic', durable: true, autoDelete: true })
+    await rabbit.exchangeDeclare({ exchange: holder, type: 'direct', durable: true, autoDelete: true })
+    await rabbit.queueDeclare({ queue: lease, durable: true, arguments: { 'x-expires': 60_000 } })
+    await rabbit.queueBind({ queue: lease, exchange: holder, routingKey: 'lease' })
+    await rabbit.exchangeBind({ destination: holder, source: route, routingKey: 'lease' })
+    await rabbit.queueBind({ queue, exchange: route, routingKey: '#' })
     await bindAll((routingKey) => rabbit.exchangeBind({ destination: route, source: outgoing, routingKey }))
   } else if (variant === 'fanout-lease') {
     // A fanout route whose second destination is a direct exchange holding the lease queue
@@ -96,7 +114,7 @@ async function run (variant: 'queue' | 'route' | 'fanout' | 'fanout-lease' | 'he
 
 try {
   for (let r = 0; r < rounds; r++) {
-    for (const variant of (process.env.VARIANTS ?? 'queue,route').split(',') as Array<'queue' | 'route' | 'fanout' | 'fanout-lease' | 'headers'>) {
+    for (const variant of (process.env.VARIANTS ?? 'queue,route').split(',') as Array<'queue' | 'route' | 'topic-lease' | 'fanout' | 'fanout-lease' | 'headers'>) {
       const { rate, brokerUs } = await run(variant)
       console.log(`round ${r + 1} ${variant.padEnd(6)} ${rate.toFixed(0).padStart(6)} msg/s  broker ${brokerUs.toFixed(0).padStart(4)} µs/msg`)
     }

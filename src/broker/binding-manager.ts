@@ -15,7 +15,7 @@
  *   after a lost connection the broker hands us a new, empty queue and one binding
  *   (route → queue) puts every key back, instead of one per key (10,000 users took
  *   4–5 s to re-bind on loopback, 11 s at 50 ms RTT). `settled` is false until then.
- * - the route is an auto-delete exchange kept alive, through an auto-delete holder
+ * - the route is an auto-delete topic exchange kept alive, through an auto-delete holder
  *   exchange, by a lease queue we consume (`x-expires`): when the gateway is gone for
  *   longer than the lease, the lease queue expires, the holder and then the route are
  *   deleted with every key, and a gateway that comes back then declares a new route
@@ -166,7 +166,8 @@ export class BindingManager extends EventEmitter {
         arguments: {
           'x-max-length': this.#opts.maxQueueLength,
           'x-overflow': 'drop-head',
-          'x-dead-letter-exchange': this.#route.drops
+          'x-dead-letter-exchange': this.#route.drops,
+          'x-dead-letter-routing-key': DROPS_KEY
         }
       },
       // No acks: the queue is exclusive and dies with us, so an ack protects nothing
@@ -196,9 +197,11 @@ export class BindingManager extends EventEmitter {
     this.#dropsConsumer = this.#connection.createConsumer({
       queue: '',
       queueOptions: { exclusive: true, autoDelete: true, durable: false, arguments: { 'x-max-length': 1 } },
-      exchanges: [{ exchange: this.#route.drops, type: 'fanout', durable: false, autoDelete: true }],
+      // Direct, not fanout: a drop happens under overload, when a fanout's routing cost on
+      // RabbitMQ 4.0/4.1 with Khepri (a scan of every binding) would hurt most.
+      exchanges: [{ exchange: this.#route.drops, type: 'direct', durable: false, autoDelete: true }],
       // No queue name: the queue just declared on the consumer's channel.
-      queueBindings: [{ exchange: this.#route.drops, routingKey: '' }],
+      queueBindings: [{ exchange: this.#route.drops, routingKey: DROPS_KEY }],
       qos: { prefetchCount: 1 },
       requeue: false
     }, () => { this.#onDropped() })
@@ -390,7 +393,7 @@ export class BindingManager extends EventEmitter {
       try {
         const kept = await this.#ensureRoute(generation)
         if (kept === undefined || generation !== this.#generation || this.#closing !== undefined) return
-        await this.#connection.queueBind({ queue: this.#queue, exchange: this.#route.exchange, routingKey: '' })
+        await this.#connection.queueBind({ queue: this.#queue, exchange: this.#route.exchange, routingKey: ROUTE_EVERY_KEY })
         if (generation !== this.#generation || this.#closing !== undefined) return
         this.#attached = true
         this.#attachedAt = ++this.#clock
@@ -428,7 +431,7 @@ export class BindingManager extends EventEmitter {
         // lease holds them. Only this process declares the route, and it forgets every
         // key before it does (below), so an existing route holds the keys we know of.
         await c.queueBind({ queue: lease, exchange: holder, routingKey: LEASE_KEY })
-        await c.exchangeBind({ destination: holder, source: exchange, routingKey: '' })
+        await c.exchangeBind({ destination: holder, source: exchange, routingKey: HOLDER_KEY })
         return true
       } catch (err) {
         if ((err as { code?: string }).code !== 'NOT_FOUND') throw err
@@ -440,10 +443,13 @@ export class BindingManager extends EventEmitter {
     this.#newRoute()
     // A route left without its holder could still hold keys we no longer track.
     await c.exchangeDelete({ exchange }).catch((err: unknown) => { if ((err as { code?: string }).code !== 'NOT_FOUND') throw err })
-    // Fanout: the route hands every delivery to its destinations, the queue and the
-    // holder, without matching keys (a topic route's `#` cost RabbitMQ twice the extra
-    // CPU per delivery, bench/tools/route-cost.ts). The holder is a direct exchange whose
-    // only binding, to the lease queue, has a key no delivery carries. Auto-delete, both:
+    // Topic: the queue takes every delivery through `#`, the holder none (its key is a
+    // single word, and every delivery key starts with `user:` or `channel:`). Not a
+    // fanout: RabbitMQ 4.0 and 4.1 with Khepri route through a fanout by scanning every
+    // binding, 988 µs of broker CPU per delivery with 10,000 keys against 21 µs for this
+    // (bench/tools/route-cost.ts; fixed in 4.2, rabbitmq-server #14546), and on 3.10 a
+    // fanout saved only 7 µs. The holder is a direct exchange whose only binding, to the
+    // lease queue, has a key no delivery carries. Auto-delete, both:
     // when the lease queue expires the holder goes, and then the route with every key.
     // Each is bound as soon as it is declared: an auto-delete exchange that never had a
     // binding is never deleted.
@@ -451,8 +457,8 @@ export class BindingManager extends EventEmitter {
     await c.exchangeDeclare({ exchange: holder, type: 'direct', durable: true, autoDelete: true })
     await c.queueBind({ queue: lease, exchange: holder, routingKey: LEASE_KEY })
     if (stale()) return undefined
-    await c.exchangeDeclare({ exchange, type: 'fanout', durable: true, autoDelete: true })
-    await c.exchangeBind({ destination: holder, source: exchange, routingKey: '' })
+    await c.exchangeDeclare({ exchange, type: 'topic', durable: true, autoDelete: true })
+    await c.exchangeBind({ destination: holder, source: exchange, routingKey: HOLDER_KEY })
     return false
   }
 
@@ -620,6 +626,12 @@ export class BindingManager extends EventEmitter {
 
 /** The lease queue's binding key on the holder: never a `user:` or `channel:` key, so it routes nothing. */
 const LEASE_KEY = 'lease'
+/** The route's binding to its holder: one word, which no delivery key is. */
+const HOLDER_KEY = 'lease'
+/** The route's binding to the queue: every key bound on the route. */
+const ROUTE_EVERY_KEY = '#'
+/** The key the gateway queue dead-letters its drops with, and the drops queue's binding. */
+const DROPS_KEY = 'dropped'
 
 /** Bound on each broker call made while closing. */
 const CLOSE_RPC_MS = 2000

@@ -26,7 +26,7 @@ export function brokerNames (prefix: string) {
     deadLetterExchange: `${prefix}.dead-letter`,
     deadLetterQueue: `${prefix}.dead-letter`,
     /**
-     * A gateway's route (an auto-delete fanout exchange bound with its `user:`/`channel:`
+     * A gateway's route (an auto-delete topic exchange bound with its `user:`/`channel:`
      * keys, feeding its queue), the route's holder exchange, the lease queue that keeps
      * both through short outages, and the exchange its queue dead-letters drops to. `id`
      * must be unique per process: a restarted gateway must not adopt its predecessor's keys.
@@ -35,7 +35,7 @@ export function brokerNames (prefix: string) {
       exchange: `${prefix}.gateway.${id}`,
       holder: `${prefix}.gateway.${id}.holder`,
       lease: `${prefix}.gateway.${id}.lease`,
-      /** Auto-delete fanout exchange to which the gateway's full queue dead-letters what it drops. */
+      /** Auto-delete direct exchange to which the gateway's full queue dead-letters what it drops. */
       drops: `${prefix}.gateway.${id}.drops`
     })
   }

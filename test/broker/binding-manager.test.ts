@@ -3,7 +3,7 @@ import { Connection, type AsyncMessage } from 'rabbitmq-client'
 import { BindingManager } from '../../src/broker/binding-manager.js'
 import { silentLogger } from '../../src/log.js'
 import { startProxy, viaProxy, type TcpProxy } from '../helpers/proxy.js'
-import { closeConnections, createVhost, listBindings, listQueues, rabbitmqctl } from '../helpers/services.js'
+import { AMQP_PORT, closeConnections, createVhost, listBindings, listQueues, rabbitmqctl } from '../helpers/services.js'
 import { sleep, waitUntil } from '../helpers/system.js'
 
 const { vhost, url } = await createVhost(t)
@@ -57,12 +57,12 @@ t.test('keys are refcounted: one binding for many references, unbound at zero', 
 
 t.test('deliveries routed to a bound key reach the handler; others do not', async (t) => {
   const { manager, received } = await setup(t)
-  await manager.acquire('user:x')
-  await publish('user:x', { hello: 'x' })
-  await publish('user:y', { hello: 'y' })
-  await waitUntil(() => received.length >= 1)
+  // The route passes on every key bound on it, whatever characters a topic pattern would read.
+  for (const key of ['user:x', 'user:lease', 'channel:#', 'user:*']) await manager.acquire(key)
+  for (const key of ['user:x', 'user:y', 'lease', '#', 'user:lease', 'channel:#', 'user:*']) await publish(key, { hello: key })
+  await waitUntil(() => received.length >= 4)
   await sleep(200)
-  t.same(received.map((m) => m.body), [{ hello: 'x' }])
+  t.same(received.map((m) => m.body), ['user:x', 'user:lease', 'channel:#', 'user:*'].map((hello) => ({ hello })))
 })
 
 t.test('a lazy unbind absorbs a quick re-acquire', async (t) => {
@@ -105,7 +105,7 @@ t.test('after a broker connection loss, the keys wait on the route and one bind 
 })
 
 t.test('keys taken and dropped while disconnected are bound and unbound once back', async (t) => {
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   const { manager, keysOnBroker } = await setup(t, { proxy })
   await Promise.all(['user:stay', 'user:leave', 'channel:old'].map((k) => manager.acquire(k)))
   proxy.refuse(true)
@@ -126,7 +126,7 @@ t.test('keys taken and dropped while disconnected are bound and unbound once bac
 })
 
 t.test('an unbind the broker did but whose answer was lost: a key taken again meanwhile is bound again', async (t) => {
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   const { manager, keysOnBroker, received } = await setup(t, { proxy })
   await manager.acquire('user:k')
   proxy.stall(true)
@@ -145,7 +145,7 @@ t.test('an unbind the broker did but whose answer was lost: a key taken again me
 })
 
 t.test('an outage longer than the lease: the broker drops the route, the gateway declares it again and binds every key', async (t) => {
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   const { manager, keysOnBroker, routeExists, exchanges, route } = await setup(t, { proxy, leaseMs: 1000 })
   const keys = ['user:a', 'user:b', 'channel:c']
   await Promise.all(keys.map((k) => manager.acquire(k)))
@@ -164,7 +164,7 @@ t.test('an outage longer than the lease: the broker drops the route, the gateway
 })
 
 t.test('a full queue reports what it drops, also after a reconnect', async (t) => {
-  const proxy = await startProxy(t, { host: '127.0.0.1', port: 5672 })
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
   const { manager } = await setup(t, { proxy, maxQueueLength: 10 })
   await manager.acquire('user:slow')
   let dropped = 0
