@@ -66,7 +66,7 @@ export const ConfigSchema = Type.Object({
   MAX_PAYLOAD_BYTES: Int('Largest Socket.IO frame a client may send; bigger frames close the socket. At least MAX_CONTENT_CHARS × 3 + 1024, so that any valid message fits.', 16_384, 1024, 10_485_760),
   MAX_CONTENT_CHARS: Int('Longest message content, in characters.', 4000, 1, 1_000_000),
   MAX_CHANNEL_MEMBERS: Int('Most members a channel:create may name.', 1000, 1, 100_000),
-  MAX_USER_GROUPS: Int('Most group channels one user may belong to (read by the worker). A channel:create that would take the creator or any named member past it is refused with LIMIT_REACHED and creates nothing. It bounds what one connect binds and what session:ready carries, and stops anyone from filling another user\'s channel list.', 1000, 1, 1_000_000),
+  MAX_USER_GROUPS: Int('Most group channels one user may belong to (read by the worker). A channel:create that would take the creator or any named member past it is refused with LIMIT_REACHED and creates nothing. It bounds the channel keys one connect binds, and stops anyone from filling another user\'s list with groups (direct channels, which bind nothing, are not counted).', 1000, 1, 1_000_000),
   SOCKET_RATE_PER_SEC: Int('Events per second a socket may send on average (token bucket); beyond it acks say RATE_LIMITED.', 20, 1, 100_000),
   SOCKET_RATE_BURST: Int('Events a socket may send in a burst before the rate limit applies.', 40, 1, 100_000),
   SOCKET_MAX_PENDING_PACKETS: Int('Packets a socket may have waiting to be written: over it with no progress for a second (or over four times it at once), it counts as a slow consumer and is disconnected.', 2000, 10, 1_000_000),

@@ -107,6 +107,7 @@ export function usageGroups (parts: { gateways?: Proc[], worker?: Proc, workers?
   groups.push({ name: 'coordinator', pids: () => [process.pid] })
   // The broker node that listens on the AMQP port, not every Erlang VM on the host.
   const brokerPid = listenerPid(amqpPort())
+  if (brokerPid === undefined) process.stderr.write(`bench: no process found listening on AMQP port ${amqpPort()}; counting every beam.smp as RabbitMQ\n`)
   groups.push({ name: 'rabbitmq', pids: () => brokerPid !== undefined ? [brokerPid] : pidsByName('beam.smp') })
   groups.push({ name: 'postgres', pids: () => pidsByName('postgres') })
   if (parts.redis === true) groups.push({ name: 'redis', pids: () => pidsByName('redis-server') })

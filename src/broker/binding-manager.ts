@@ -448,7 +448,7 @@ export class BindingManager extends EventEmitter {
     // fanout: RabbitMQ 4.0 and 4.1 with Khepri route through a fanout by scanning every
     // binding, 988 µs of broker CPU per delivery with 10,000 keys against 21 µs for this
     // (bench/tools/route-cost.ts; fixed in 4.2, rabbitmq-server #14546), and on 3.10 a
-    // fanout saved only 7 µs. The holder is a direct exchange whose only binding, to the
+    // fanout saved only 1–7 µs. The holder is a direct exchange whose only binding, to the
     // lease queue, has a key no delivery carries. Auto-delete, both:
     // when the lease queue expires the holder goes, and then the route with every key.
     // Each is bound as soon as it is declared: an auto-delete exchange that never had a

@@ -109,13 +109,23 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
     for (let i = 0; i < cap; i++) groups.push((await channels.createGroup('quin', `g${i}`, [], cap)).channel)
     const before = await count(db, sql`select count(*) as n from channels`)
     await t.rejects(channels.createGroup('quin', 'one too many', ['rex'], cap), { code: 'LIMIT_REACHED', message: /you already belong to 3 group channels/ })
-    await t.rejects(channels.createGroup('rex', 'with quin', ['sol', 'quin'], cap), { code: 'LIMIT_REACHED', message: /a member already belong.*"quin"; nothing was created/ })
+    await t.rejects(channels.createGroup('rex', 'with quin', ['sol', 'quin'], cap), { code: 'LIMIT_REACHED', message: /a member already belongs to 3 group channels.*"quin"; nothing was created/ })
     t.equal(await count(db, sql`select count(*) as n from channels`), before, 'no channel row was created')
     t.equal(await count(db, sql`select count(*) as n from members where user_id in ('rex', 'sol') and channel_id in (select id from channels where kind = 'group')`), 0, 'no membership was added')
     t.equal((await channels.listForUser('quin')).filter((c) => c.kind === 'group').length, cap)
     await channels.leave(groups[0]!.id, 'quin')
     const { memberIds } = await channels.createGroup('rex', 'with quin', ['quin'], cap)
     t.same([...memberIds].sort(), ['quin', 'rex'], 'after leaving one, quin can be added again')
+  })
+
+  t.test('creates racing to add the same user stop at the limit, with no overshoot', { skip: !concurrent && 'one connection only' }, async (t) => {
+    const cap = 3
+    // Several connections at once, each create naming the target among others.
+    const results = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => channels.createGroup(`racer${i}`, `race ${i}`, [`x${i}`, 'target', `y${i}`], cap)))
+    const ok = results.filter((r) => r.status === 'fulfilled').length
+    t.equal(ok, cap, `exactly ${cap} of 12 concurrent creates succeed`)
+    t.ok(results.every((r) => r.status === 'fulfilled' || (r.reason as { code?: string }).code === 'LIMIT_REACHED'), 'the rest are LIMIT_REACHED')
+    t.equal(await count(db, sql`select count(*) as n from members m join channels c on c.id = m.channel_id where m.user_id = 'target' and c.kind = 'group'`), cap, 'the target is in exactly the limit')
   })
 
   t.test('concurrent batches on one channel keep seq gapless and unique', async (t) => {

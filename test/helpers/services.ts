@@ -12,7 +12,7 @@ import { runMigrations } from '../../src/db/migrate.js'
 const run = promisify(execFile)
 
 // The broker under test: the local 3.10 by default; TEST_AMQP_PORT and TEST_RABBITMQCTL
-// point the suite at another node (docs/OPERATIONS.md, "Testing against RabbitMQ 4").
+// point the suite at another node (README, "Commands").
 export const AMQP_PORT = Number(process.env.TEST_AMQP_PORT ?? 5672)
 export const AMQP_HOST = `127.0.0.1:${AMQP_PORT}`
 const RABBITMQCTL = process.env.TEST_RABBITMQCTL ?? 'rabbitmqctl'

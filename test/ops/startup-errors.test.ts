@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t, { type Test } from 'tap'
+import { AMQP_HOST } from '../helpers/services.js'
 import { freePort, ROOT } from '../helpers/system.js'
 
 const run = promisify(execFile)
@@ -35,12 +36,12 @@ function oneLine (t: Test, r: { code: number, stderr: string }, expected: RegExp
 
 t.test('gateway', async (t) => {
   const port = String(await freePort())
-  oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:wrong@127.0.0.1:5672' }), /RabbitMQ refused the user name or password of AMQP_URL \(amqp:\/\/guest:\*\*\*@/)
-  oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672/no-such-vhost' }), /vhost "no-such-vhost".*create the vhost/)
+  oneLine(t, await gateway({ PORT: port, AMQP_URL: `amqp://guest:wrong@${AMQP_HOST}` }), /RabbitMQ refused the user name or password of AMQP_URL \(amqp:\/\/guest:\*\*\*@/)
+  oneLine(t, await gateway({ PORT: port, AMQP_URL: `amqp://guest:guest@${AMQP_HOST}/no-such-vhost` }), /vhost "no-such-vhost".*create the vhost/)
   oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:guest@127.0.0.1:1' }), /cannot reach RabbitMQ at .*is it running\?/)
-  oneLine(t, await gateway({ PORT: port, NODE_ENV: 'production', AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672' }), /^config error: JWT_SECRET is required in production/)
+  oneLine(t, await gateway({ PORT: port, NODE_ENV: 'production', AMQP_URL: `amqp://guest:guest@${AMQP_HOST}` }), /^config error: JWT_SECRET is required in production/)
   oneLine(t, await gateway({ PORT: 'eighty' }), /^config error: PORT is invalid/)
-  oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:p%ss@127.0.0.1:5672' }), /^config error: AMQP_URL is invalid: its password has a % that is not followed by two hex digits; write a literal % as %25$/)
+  oneLine(t, await gateway({ PORT: port, AMQP_URL: `amqp://guest:p%ss@${AMQP_HOST}` }), /^config error: AMQP_URL is invalid: its password has a % that is not followed by two hex digits; write a literal % as %25$/)
   oneLine(t, await gateway({ PORT: port, AMQP_URL: 'amqp://guest:guest@127.0.0.1:99999' }), /^config error: AMQP_URL is invalid: not a valid URL/)
   oneLine(t, await gateway({ PORT: port, METRICS_PORT: port }), /^config error: METRICS_PORT is invalid .*must differ from PORT/)
   const metricsPort = await freePort()
@@ -56,7 +57,7 @@ t.test('gateway', async (t) => {
 
 t.test('worker', async (t) => {
   oneLine(t, await worker({ NODE_ENV: 'production' }), /^config error: AMQP_URL is required in production/)
-  oneLine(t, await worker({ NODE_ENV: 'production', AMQP_URL: 'amqp://guest:guest@127.0.0.1:5672' }), /^config error: DATABASE_URL is required in production/)
+  oneLine(t, await worker({ NODE_ENV: 'production', AMQP_URL: `amqp://guest:guest@${AMQP_HOST}` }), /^config error: DATABASE_URL is required in production/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/no_such_database_here' }), /database named in DATABASE_URL does not exist/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }), /cannot reach PostgreSQL at .*is it running\?/)
   // A database that exists but was never migrated: told to migrate, not reported ready.
@@ -65,7 +66,7 @@ t.test('worker', async (t) => {
   // The worker reads ./.env as the fastify CLI does for gateways (values already set win).
   const dir = mkdtempSync(join(tmpdir(), 'chat-dotenv-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  writeFileSync(join(dir, '.env'), 'NODE_ENV=production\nAMQP_URL=amqp://guest:guest@127.0.0.1:5672\n')
+  writeFileSync(join(dir, '.env'), `NODE_ENV=production\nAMQP_URL=amqp://guest:guest@${AMQP_HOST}\n`)
   oneLine(t, await start([join(ROOT, 'dist/src/worker/main.js')], { WORKER_PORT: '0' }, dir), /^config error: DATABASE_URL is required in production/)
-  oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres', AMQP_URL: 'amqp://nobody:nothing@127.0.0.1:5672' }), /RabbitMQ refused the user name or password/)
+  oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres', AMQP_URL: `amqp://nobody:nothing@${AMQP_HOST}` }), /RabbitMQ refused the user name or password/)
 })

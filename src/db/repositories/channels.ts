@@ -2,7 +2,7 @@
  * Channels and their members. A direct conversation between two users is one
  * channel whose `direct_key` is the sorted pair, so it is found, never duplicated.
  */
-import { and, asc, count, eq, gte, inArray } from 'drizzle-orm'
+import { and, asc, count, eq, gte, inArray, sql } from 'drizzle-orm'
 import { channels, members } from '../../../drizzle/schema.js'
 import type { ChannelSummary } from '../../contracts/protocol.js'
 import { ClientError } from '../../errors.js'
@@ -92,12 +92,16 @@ export function createChannelsRepository (db: Database) {
     /**
      * Creates a group whose members are the creator and `memberIds` (deduplicated).
      * @throws ClientError LIMIT_REACHED, creating nothing, if one of them already belongs
-     *   to `maxGroupsPerUser` groups. Creates running at the same moment are not counted,
-     *   so concurrent ones can pass the limit by a few: it is a guard, not a quota.
+     *   to `maxGroupsPerUser` groups.
      */
     async createGroup (creatorId: string, name: string, memberIds: string[], maxGroupsPerUser: number): Promise<{ channel: ChannelSummary, memberIds: string[] }> {
       const everyone = [...new Set([creatorId, ...memberIds])]
+      const buckets = [...new Set(everyone.map(lockBucket))].sort((a, b) => a - b)
       return await db.transaction(async (tx) => {
+        // Creates that name a common user run one after the other from here to commit, or
+        // concurrent ones (on any worker) would all pass the count below. Locks are taken
+        // per bucket of user ids, in order: at most 64 per create, and no deadlock.
+        await tx.execute(sql`select pg_advisory_xact_lock(${GROUP_LOCK_CLASS}::int, v.b) from (values ${sql.join(buckets.map((b) => sql`(${b}::int)`), sql`, `)}) as v(b)`)
         const full = await tx.select({ userId: members.userId, groups: count() })
           .from(members)
           .innerJoin(channels, eq(channels.id, members.channelId))
@@ -135,5 +139,15 @@ function limitReached (creatorId: string, full: string[], max: number): ClientEr
   }
   const shown = full.slice(0, 5).map((id) => JSON.stringify(id)).join(', ')
   const more = full.length > 5 ? ` and ${full.length - 5} more` : ''
-  return new ClientError('LIMIT_REACHED', `${full.length === 1 ? 'a member' : `${full.length} members`} already belong to ${max} group channels, the most allowed: ${shown}${more}; nothing was created`)
+  return new ClientError('LIMIT_REACHED', `${full.length === 1 ? 'a member already belongs' : `${full.length} members already belong`} to ${max} group channels, the most allowed: ${shown}${more}; nothing was created`)
+}
+
+/** Advisory lock class of group memberships ('chat'), and the number of buckets of user ids. */
+const GROUP_LOCK_CLASS = 0x63686174
+const GROUP_LOCK_BUCKETS = 64
+
+function lockBucket (userId: string): number {
+  let h = 0x811c9dc5 // FNV-1a
+  for (let i = 0; i < userId.length; i++) h = Math.imul(h ^ userId.charCodeAt(i), 0x01000193)
+  return (h >>> 0) % GROUP_LOCK_BUCKETS
 }
