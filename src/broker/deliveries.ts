@@ -14,7 +14,12 @@ import type { Delivery } from '../contracts/envelopes.js'
 import type { Message } from '../contracts/protocol.js'
 import { channelKey, userKey } from './topology.js'
 
-/** Typing notices older than this are useless; the broker drops them instead of queueing. */
+/**
+ * Typing notices older than this are useless: the receiving gateway drops them. Not a
+ * broker expiration: a message that expires in a gateway queue is dead-lettered to the
+ * gateway's drops exchange like one the full queue dropped, and a backlog of typing
+ * notices would make the gateway re-read every membership and resync every socket.
+ */
 export const TYPING_TTL_MS = 5000
 
 export function deliveryEnvelope (exchange: string, delivery: Delivery): Envelope {
@@ -28,8 +33,8 @@ export function deliveryEnvelope (exchange: string, delivery: Delivery): Envelop
     }
     case 'typing':
       return delivery.kind === 'group' || delivery.peerId === undefined
-        ? { ...base, routingKey: channelKey(delivery.channelId), expiration: String(TYPING_TTL_MS) }
-        : { ...base, routingKey: userKey(delivery.peerId), expiration: String(TYPING_TTL_MS) }
+        ? { ...base, routingKey: channelKey(delivery.channelId) }
+        : { ...base, routingKey: userKey(delivery.peerId) }
     case 'joined':
     case 'left':
     case 'rejected':

@@ -88,8 +88,12 @@ export type Delivery =
    * once per member, routed `user:{forUser}`, for that user's sockets only.
    */
   | { t: 'message', message: Message, forUser?: string }
-  /** Ephemeral; published by a gateway with a short expiration and never stored. */
-  | { t: 'typing', channelId: string, userId: string, kind: 'group' | 'direct', peerId?: string }
+  /**
+   * Ephemeral, never stored. `sentAt` (ms since the epoch, the publishing gateway's clock)
+   * lets receiving gateways drop notices too old to mean anything; absent from gateways
+   * older than it, whose notices carried a broker expiration instead.
+   */
+  | { t: 'typing', channelId: string, userId: string, kind: 'group' | 'direct', peerId?: string, sentAt?: number }
   /** `user:{userId}` gained a channel: the gateway binds `channel:{id}` before telling the sockets. */
   | { t: 'joined', userId: string, channel: ChannelSummary }
   /** `user:{userId}` left a channel: the gateway unbinds (refcounted) and tells the sockets. */

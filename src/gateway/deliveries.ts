@@ -4,6 +4,7 @@
  * sockets of local channel members, `u:{id}` every socket of a user.
  */
 import type { AsyncMessage } from 'rabbitmq-client'
+import { TYPING_TTL_MS } from '../broker/deliveries.js'
 import type { Delivery } from '../contracts/envelopes.js'
 import type { Logger } from '../log.js'
 import type { GatewayMetrics } from './metrics.js'
@@ -59,6 +60,10 @@ export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: G
         return
       }
       case 'typing':
+        if (typeof d.sentAt === 'number' && Date.now() - d.sentAt > TYPING_TTL_MS) {
+          metrics.deliveries.inc({ type: 'stale' })
+          return
+        }
         if (d.kind === 'group') io.to(channelRoom(d.channelId)).except(userRoom(d.userId)).emit('typing', { channelId: d.channelId, userId: d.userId })
         else if (d.peerId !== undefined) io.to(userRoom(d.peerId)).emit('typing', { channelId: d.channelId, userId: d.userId })
         return

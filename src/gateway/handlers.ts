@@ -94,7 +94,8 @@ export const routes = {
       channelId: channel.id,
       userId: socket.data.userId,
       kind: channel.kind,
-      ...(channel.peerId !== undefined ? { peerId: channel.peerId } : {})
+      ...(channel.peerId !== undefined ? { peerId: channel.peerId } : {}),
+      sentAt: Date.now()
     }
     // Fire and forget: a lost typing notice is harmless, a slow one useless. Blocked or
     // disconnected, rabbitmq-client would hold it in memory: drop it instead.

@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto'
 import t from 'tap'
 import { createSigner } from 'fast-jwt'
 import { Connection } from 'rabbitmq-client'
+import { deliveryEnvelope } from '../../src/broker/deliveries.js'
 import type { Message } from '../../src/contracts/protocol.js'
 import { connectRaw, connectUser, settle } from '../helpers/client.js'
 import { createDatabase, createVhost, listBindings, sqlClient } from '../helpers/services.js'
@@ -123,6 +124,27 @@ t.test('typing reaches the other members only, and is never stored', async (t) =
   await settle(300)
   t.notOk(gil.events.some((e) => e.event === 'typing'), 'the typist is not told')
   t.notOk(ivy.events.some((e) => e.event === 'typing'), 'a non-member is not told')
+})
+
+t.test('a typing notice received more than 5 s after it was sent is dropped; none carries a broker expiration', async (t) => {
+  const jan = await connectUser(t, gw.url, 'jan')
+  const kit = await connectUser(t, gw.url, 'kit')
+  const created = await jan.request<{ channelId: string }>('channel:create', { name: 'stale typing', memberIds: ['kit'] })
+  await kit.waitFor('channel:joined')
+  // An expiration would make a backlogged gateway queue dead-letter the notice to the
+  // drops exchange, which the gateway takes for lost deliveries (re-read, resync).
+  const envelope = deliveryEnvelope('chat.outgoing', { t: 'typing', channelId: created.channelId, userId: 'jan', kind: 'group', sentAt: Date.now() })
+  t.equal(envelope.expiration, undefined, 'no broker expiration')
+  const rabbit = new Connection(amqpUrl)
+  t.teardown(() => rabbit.close())
+  const pub = rabbit.createPublisher({ confirm: true })
+  t.teardown(() => pub.close())
+  const notice = (userId: string, sentAt: number) => pub.send({ ...envelope }, { t: 'typing', channelId: created.channelId, userId, kind: 'group', sentAt })
+  await notice('old', Date.now() - 6000)
+  await notice('fresh', Date.now())
+  await kit.waitFor('typing', (x: { userId: string }) => x.userId === 'fresh')
+  await settle(300)
+  t.same(kit.events.filter((e) => e.event === 'typing').map((e) => (e.args[0] as { userId: string }).userId), ['fresh'], 'only the fresh notice reached the socket')
 })
 
 t.test('leaving a channel stops its messages and drops the binding', async (t) => {
