@@ -59,31 +59,20 @@ async function run (variant: 'queue' | 'route' | 'topic-lease' | 'fanout' | 'fan
     await rabbit.queueBind({ queue: lease, exchange: route, routingKey: '', arguments: { 'x-match': 'all', 'x-chat-lease': 'never' } })
     await rabbit.queueBind({ queue, exchange: route, routingKey: '', arguments: { 'x-match': 'all' } })
     await bindAll((routingKey) => rabbit.exchangeBind({ destination: route, source: outgoing, routingKey }))
-  } else if (variant === 'topic-lease') {
-    // What the binding manager declares: a topic route, the queue bound with `#`, and a
-    // holder (direct) bound by a one-word key no delivery carries, holding the lease queue.
-    const route = `topic.${process.pid}`
+  } else if (variant === 'topic-lease' || variant === 'fanout-lease') {
+    // What the binding manager declares (topic; fanout before 2026-12-02): a route feeding
+    // the queue and a holder (direct) that holds the lease queue by a key no delivery
+    // carries, so every delivery visits it and goes no further.
+    const type = variant === 'topic-lease' ? 'topic' : 'fanout'
+    const route = `${type}.${process.pid}`
     const holder = `holder.${process.pid}`
     const lease = `lease.${process.pid}`
-    await rabbit.exchangeDeclare({ exchange: route, type: 'topic', durable: true, autoDelete: true })
+    await rabbit.exchangeDeclare({ exchange: route, type, durable: true, autoDelete: true })
     await rabbit.exchangeDeclare({ exchange: holder, type: 'direct', durable: true, autoDelete: true })
     await rabbit.queueDeclare({ queue: lease, durable: true, arguments: { 'x-expires': 60_000 } })
     await rabbit.queueBind({ queue: lease, exchange: holder, routingKey: 'lease' })
     await rabbit.exchangeBind({ destination: holder, source: route, routingKey: 'lease' })
-    await rabbit.queueBind({ queue, exchange: route, routingKey: '#' })
-    await bindAll((routingKey) => rabbit.exchangeBind({ destination: route, source: outgoing, routingKey }))
-  } else if (variant === 'fanout-lease') {
-    // A fanout route whose second destination is a direct exchange holding the lease queue
-    // by a key no delivery carries: every delivery visits it and goes no further.
-    const route = `fanout.${process.pid}`
-    const holder = `holder.${process.pid}`
-    const lease = `lease.${process.pid}`
-    await rabbit.exchangeDeclare({ exchange: route, type: 'fanout', durable: true, autoDelete: true })
-    await rabbit.exchangeDeclare({ exchange: holder, type: 'direct', durable: true, autoDelete: true })
-    await rabbit.queueDeclare({ queue: lease, durable: true, arguments: { 'x-expires': 60_000 } })
-    await rabbit.queueBind({ queue: lease, exchange: holder, routingKey: 'lease' })
-    await rabbit.exchangeBind({ destination: holder, source: route, routingKey: '' })
-    await rabbit.queueBind({ queue, exchange: route, routingKey: '' })
+    await rabbit.queueBind({ queue, exchange: route, routingKey: type === 'topic' ? '#' : '' })
     await bindAll((routingKey) => rabbit.exchangeBind({ destination: route, source: outgoing, routingKey }))
   } else if (variant === 'fanout') {
     // A fanout route: the lease would have to hang off a second exchange, or it would get every delivery.

@@ -431,7 +431,7 @@ export class BindingManager extends EventEmitter {
         // lease holds them. Only this process declares the route, and it forgets every
         // key before it does (below), so an existing route holds the keys we know of.
         await c.queueBind({ queue: lease, exchange: holder, routingKey: LEASE_KEY })
-        await c.exchangeBind({ destination: holder, source: exchange, routingKey: HOLDER_KEY })
+        await c.exchangeBind({ destination: holder, source: exchange, routingKey: LEASE_KEY })
         return true
       } catch (err) {
         if ((err as { code?: string }).code !== 'NOT_FOUND') throw err
@@ -458,7 +458,7 @@ export class BindingManager extends EventEmitter {
     await c.queueBind({ queue: lease, exchange: holder, routingKey: LEASE_KEY })
     if (stale()) return undefined
     await c.exchangeDeclare({ exchange, type: 'topic', durable: true, autoDelete: true })
-    await c.exchangeBind({ destination: holder, source: exchange, routingKey: HOLDER_KEY })
+    await c.exchangeBind({ destination: holder, source: exchange, routingKey: LEASE_KEY })
     return false
   }
 
@@ -624,10 +624,11 @@ export class BindingManager extends EventEmitter {
   }
 }
 
-/** The lease queue's binding key on the holder: never a `user:` or `channel:` key, so it routes nothing. */
+/**
+ * The key of the lease's two bindings (route → holder, holder → lease queue): one word,
+ * never a `user:` or `channel:` key, so neither routes a delivery.
+ */
 const LEASE_KEY = 'lease'
-/** The route's binding to its holder: one word, which no delivery key is. */
-const HOLDER_KEY = 'lease'
 /** The route's binding to the queue: every key bound on the route. */
 const ROUTE_EVERY_KEY = '#'
 /** The key the gateway queue dead-letters its drops with, and the drops queue's binding. */

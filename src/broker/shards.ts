@@ -9,6 +9,8 @@
  * the shard count does (docs/OPERATIONS.md, "Send shards").
  */
 
+import { hash32 } from '../hash.js'
+
 /** What decides a send's shard: its group channel, or the pair of users of a direct message. */
 export interface ShardKey {
   senderId: string
@@ -16,24 +18,6 @@ export interface ShardKey {
   channelId?: string
 }
 
-/**
- * 32-bit FNV-1a over UTF-16 code units, then MurmurHash3's finalizer: stable across
- * processes, versions and platforms. Without the finalizer, FNV's low bit is the parity
- * of the characters' low bits, and `% 2` sent every key of a test to one shard.
- */
-function hash32 (text: string): number {
-  let h = 0x811c9dc5
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i)
-    h = Math.imul(h, 0x01000193)
-  }
-  h ^= h >>> 16
-  h = Math.imul(h, 0x85ebca6b)
-  h ^= h >>> 13
-  h = Math.imul(h, 0xc2b2ae35)
-  h ^= h >>> 16
-  return h >>> 0
-}
 
 /**
  * The shard (0 … shards − 1) that stores `send`. Both directions of a direct channel share

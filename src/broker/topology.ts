@@ -97,6 +97,9 @@ function sendQueueSpec (n: BrokerNames, shard: number): QueueSpec {
   }
 }
 
+/** A queue's declaration, as queueDeclare and rabbitmq-client's topologies take it. */
+export const queueDeclaration = (spec: QueueSpec) => ({ ...spec.options, queue: spec.queue })
+
 /** Every durable queue: `shards` send queues, the RPC queue and the dead-letter queue. */
 export function queueSpecs (n: BrokerNames, shards: number): { sends: QueueSpec[], rpc: QueueSpec, deadLetter: QueueSpec } {
   return {
@@ -121,7 +124,7 @@ export function publisherTopology (n: BrokerNames, shards: number) {
   const specs = [...sends, rpc, deadLetter]
   return {
     exchanges: exchangeDeclarations(n),
-    queues: specs.map((s) => ({ ...s.options, queue: s.queue })),
+    queues: specs.map(queueDeclaration),
     queueBindings: specs.flatMap((s) => s.bindings)
   }
 }

@@ -11,7 +11,7 @@ import { openConnection } from '../broker/connection.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
 import { isOpen } from '../broker/socket.js'
 import { WorkerRpc } from '../broker/rpc.js'
-import { brokerNames, publisherTopology, queueSpecs, type BrokerNames } from '../broker/topology.js'
+import { brokerNames, publisherTopology, queueDeclaration, queueSpecs, type BrokerNames } from '../broker/topology.js'
 
 export interface GatewayBroker {
   names: BrokerNames
@@ -58,7 +58,7 @@ export default fp<{ config: Config }>(async (app, { config }) => {
   // On the consuming connection: a publishing one stops reading under a broker alarm.
   const backlog = new BacklogWatch({
     connection: consumeConnection,
-    queues: queueSpecs(names, config.WORKER_SHARDS).sends.map((s) => ({ ...s.options, queue: s.queue })),
+    queues: queueSpecs(names, config.WORKER_SHARDS).sends.map(queueDeclaration),
     max: config.SEND_BACKLOG_MAX,
     intervalMs: config.SEND_BACKLOG_CHECK_MS,
     onError: (err) => app.log.debug({ err }, 'could not read the depth of a send queue'),

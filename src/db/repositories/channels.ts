@@ -6,6 +6,7 @@ import { and, asc, count, eq, gte, inArray, sql } from 'drizzle-orm'
 import { channels, members } from '../../../drizzle/schema.js'
 import type { ChannelSummary } from '../../contracts/protocol.js'
 import { ClientError } from '../../errors.js'
+import { hash32 } from '../../hash.js'
 import type { Database } from '../client.js'
 
 export type ChannelsRepository = ReturnType<typeof createChannelsRepository>
@@ -146,8 +147,4 @@ function limitReached (creatorId: string, full: string[], max: number): ClientEr
 const GROUP_LOCK_CLASS = 0x63686174
 const GROUP_LOCK_BUCKETS = 64
 
-function lockBucket (userId: string): number {
-  let h = 0x811c9dc5 // FNV-1a
-  for (let i = 0; i < userId.length; i++) h = Math.imul(h ^ userId.charCodeAt(i), 0x01000193)
-  return (h >>> 0) % GROUP_LOCK_BUCKETS
-}
+const lockBucket = (userId: string): number => hash32(userId) % GROUP_LOCK_BUCKETS
