@@ -123,6 +123,8 @@ export class BindingManager extends EventEmitter {
   #generation = 0
   /** The current queue is bound to the route, and the route's keys are known. */
   #attached = false
+  /** The drops queue at the drops consumer's last `ready`. */
+  #dropsQueue = ''
   /** Logical time of the attach: a key bound earlier routed nothing to us before it. */
   #attachedAt = 0
   /** Bumped whenever the route is declared anew (with no keys); results of older operations are void. */
@@ -205,6 +207,10 @@ export class BindingManager extends EventEmitter {
       qos: { prefetchCount: 1 },
       requeue: false
     }, () => { this.#onDropped() })
+    this.#dropsConsumer.on('ready', () => {
+      this.#dropsQueue = this.#dropsConsumer.queue
+      this.#checkRebound()
+    })
     this.#dropsConsumer.on('error', (err) => this.#log.warn({ err }, 'drops consumer error'))
   }
 
@@ -285,9 +291,13 @@ export class BindingManager extends EventEmitter {
     return this.#clock
   }
 
-  /** The queue is consuming and every referenced key is bound on it. */
+  /**
+   * The queue is consuming, every referenced key is bound on it, and drops are heard.
+   * Drops count too: after a reconnect the gateway's recovery (re-read, resync) runs once
+   * settled, so it covers whatever a full queue dropped before the drops queue was back.
+   */
   get settled (): boolean {
-    return this.#usable() && this.#missing === 0 && this.#closing === undefined
+    return this.#usable() && this.#missing === 0 && this.#closing === undefined && this.#hearsDrops()
   }
 
   /** This gateway's route exchange, the destination of its key bindings on the outgoing exchange. */
@@ -352,6 +362,11 @@ export class BindingManager extends EventEmitter {
 
   #queueIsCurrent (): boolean {
     return this.#queue !== '' && this.#consumer.queue === this.#queue
+  }
+
+  /** The drops queue of this connection is consumed (the consumer clears its queue name when it is lost). */
+  #hearsDrops (): boolean {
+    return this.#dropsQueue !== '' && this.#dropsConsumer.queue === this.#dropsQueue
   }
 
   /** Deliveries to the route reach the current queue. */
@@ -617,7 +632,7 @@ export class BindingManager extends EventEmitter {
   }
 
   #checkRebound (): void {
-    if (this.#missing !== 0 || this.#rebindStartedAt === 0 || !this.#usable()) return
+    if (this.#missing !== 0 || this.#rebindStartedAt === 0 || !this.#usable() || !this.#hearsDrops()) return
     const durationMs = performance.now() - this.#rebindStartedAt
     this.#rebindStartedAt = 0
     this.emit('rebound', { generation: this.#generation, keys: this.#rebindKeys, durationMs, routeKept: this.#routeKept })
