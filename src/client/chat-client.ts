@@ -229,7 +229,8 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
       this.#endHintAt = Date.now()
     })
     socket.on('session:ready', (ready) => { if (mine()) this.#opened(socket, ready) })
-    socket.on('session:resync', () => { if (mine()) this.#resync(socket) })
+    // Early too: the list behind session:ready may predate what the gateway lost.
+    socket.on('session:resync', () => inSession(() => this.#resync(socket)))
     socket.on('message:new', (m) => inSession(() => this.#sync.message(m)))
     socket.on('channel:joined', ({ channel }) => inSession(() => this.#sync.learn(channel)))
     socket.on('channel:left', ({ channelId }) => inSession(() => this.#sync.forget(channelId)))

@@ -168,3 +168,25 @@ t.test('close() while the token function is pending: no error afterwards, no tim
   await new Promise((resolve) => setTimeout(resolve, 400))
   t.same(after, [], 'nothing emitted after close()')
 })
+
+t.test('a session:resync that arrives before session:ready still catches up once the session opens', async (t) => {
+  // The gateway lost deliveries while this socket's session was opening: m1 was stored
+  // after session.open read lastSeq (0), and its delivery was dropped.
+  const http = createServer()
+  const io = new Server(http, { transports: ['websocket'] })
+  io.on('connection', (socket) => {
+    socket.on('channels:list', (_p: unknown, ack: Ack) => ack({ ok: true, channels: [summary(1)] }))
+    socket.on('history:fetch', (p: { afterSeq: number }, ack: Ack) => ack({ ok: true, messages: p.afterSeq < 1 ? [message(1)] : [] }))
+    socket.emit('session:resync', { reason: 'DELIVERIES_DROPPED' })
+    setTimeout(() => socket.emit('session:ready', { userId: 'u', serverId: 'scripted', channels: [summary(0)] }), 200)
+  })
+  http.listen(0, '127.0.0.1')
+  await once(http, 'listening')
+  t.teardown(() => new Promise<void>((resolve) => { void io.close(() => resolve()) }))
+  const c = new ChatClient({ url: `http://127.0.0.1:${(http.address() as AddressInfo).port}`, token: 't', resyncJitterMs: 100, resumeFrom: { [CHANNEL]: 0 } })
+  t.teardown(() => c.close())
+  const got: Message[] = []
+  c.on('message', (m) => got.push(m))
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  t.same(got.map((m) => m.seq), [1], 'the message whose delivery was lost is caught up')
+})
