@@ -65,7 +65,7 @@ export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: G
           return
         }
         if (d.kind === 'group') io.to(channelRoom(d.channelId)).except(userRoom(d.userId)).emit('typing', { channelId: d.channelId, userId: d.userId })
-        else if (d.peerId !== undefined) io.to(userRoom(d.peerId)).emit('typing', { channelId: d.channelId, userId: d.userId })
+        else if (d.peerId !== undefined) io.to(userRoom(d.peerId)).except(userRoom(d.userId)).emit('typing', { channelId: d.channelId, userId: d.userId })
         return
       case 'joined':
         void sessions.joined(d.userId, d.channel)

@@ -89,6 +89,8 @@ export const routes = {
 
   typing: route(TypingSchema, async (ctx, socket, p) => {
     const channel = memberOf(ctx, socket, p.channelId)
+    // A note to self has no one else to tell.
+    if (channel.kind === 'direct' && channel.peerId === socket.data.userId) return {}
     const delivery: Delivery = {
       t: 'typing',
       channelId: channel.id,

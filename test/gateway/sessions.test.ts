@@ -7,6 +7,7 @@ import t from 'tap'
 import { createSigner } from 'fast-jwt'
 import { Connection } from 'rabbitmq-client'
 import { deliveryEnvelope } from '../../src/broker/deliveries.js'
+import type { Delivery } from '../../src/contracts/envelopes.js'
 import type { Message } from '../../src/contracts/protocol.js'
 import { connectRaw, connectUser, settle } from '../helpers/client.js'
 import { createDatabase, createVhost, listBindings, sqlClient } from '../helpers/services.js'
@@ -124,6 +125,24 @@ t.test('typing reaches the other members only, and is never stored', async (t) =
   await settle(300)
   t.notOk(gil.events.some((e) => e.event === 'typing'), 'the typist is not told')
   t.notOk(ivy.events.some((e) => e.event === 'typing'), 'a non-member is not told')
+})
+
+t.test('typing in a note-to-self channel reaches none of the typist\'s sockets', async (t) => {
+  const a = await connectUser(t, gw.url, 'me-twice')
+  const b = await connectUser(t, gw.url, 'me-twice')
+  await a.send({ toUserId: 'me-twice' }, 'note')
+  const m = await a.waitFor<Message>('message:new', (x) => x.content === 'note')
+  await b.waitFor<Message>('message:new', (x) => x.content === 'note')
+  t.same(await a.request('typing', { channelId: m.channelId }), { ok: true })
+  // And a notice published anyway (by an older gateway) is not shown to its typist.
+  const rabbit = new Connection(amqpUrl)
+  t.teardown(() => rabbit.close())
+  const pub = rabbit.createPublisher({ confirm: true })
+  t.teardown(() => pub.close())
+  const notice: Delivery = { t: 'typing', channelId: m.channelId, userId: 'me-twice', kind: 'direct', peerId: 'me-twice', sentAt: Date.now() }
+  await pub.send(deliveryEnvelope('chat.outgoing', notice), notice)
+  await settle(500)
+  t.same([a, b].map((s) => s.events.filter((e) => e.event === 'typing').length), [0, 0], 'neither tab is told the user is typing')
 })
 
 t.test('a typing notice received more than 5 s after it was sent is dropped; none carries a broker expiration', async (t) => {
