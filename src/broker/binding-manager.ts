@@ -26,6 +26,7 @@
 import { EventEmitter } from 'node:events'
 import type { AsyncMessage, Channel, Connection, Consumer } from 'rabbitmq-client'
 import type { Logger } from '../log.js'
+import { isOpen } from './socket.js'
 import { keyKind } from './topology.js'
 
 export interface BindingManagerOptions {
@@ -338,16 +339,18 @@ export class BindingManager extends EventEmitter {
     this.#graceTimers.clear()
     this.#dirty.clear()
     for (const key of [...this.#waiters.keys()]) this.#wake(key)
-    await this.#consumer.close()
-    await this.#dropsConsumer.close()
-    await this.#leaseConsumer.close()
+    // A connection lost mid-close rejects Consumer.close() (its basic.cancel); the other
+    // consumers must still be closed, or they set up again and Connection.close() waits for ever.
+    for (const consumer of [this.#consumer, this.#dropsConsumer, this.#leaseConsumer]) {
+      await consumer.close().catch((err: unknown) => this.#log.warn({ err }, 'closing a consumer failed'))
+    }
     // An attach stops at its next step once closing is set; wait for it, so that it
     // declares nothing after the deletes below (bounded: a step may wait for a broker
     // that is not coming back).
     await withTimeout(this.#attaching, 3 * CLOSE_RPC_MS).catch(() => {})
     // Leaving now, not when the lease runs out, spares the broker routing to a dead end.
     // Unreachable broker: the lease expiry removes all three.
-    if (this.#connection.ready) {
+    if (isOpen(this.#connection)) {
       await withTimeout(this.#connection.exchangeDelete({ exchange: this.#route.exchange }), CLOSE_RPC_MS)
         .catch((err: unknown) => this.#log.warn({ err }, 'could not delete the route; it goes when its lease expires'))
       await withTimeout(this.#connection.exchangeDelete({ exchange: this.#route.holder }), CLOSE_RPC_MS).catch(() => {})
