@@ -45,6 +45,7 @@ export function createDeliveryHandler (io: AppIo, sessions: Sessions, metrics: G
         }
         if (m.kind === 'group') {
           io.to(channelRoom(m.channelId)).emit('message:new', m)
+          sessions.emitted(m.channelId, m.seq)
           return
         }
         const to = m.toUserId ?? m.senderId

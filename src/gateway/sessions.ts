@@ -34,6 +34,8 @@ interface LocalUser {
   listedAt: number
 }
 
+const CHANNEL_PREFIX = channelKey('')
+
 /** Users per memberships.list request when re-reading after lost deliveries (a broker outage, a full queue). */
 const RESYNC_CHUNK = 500
 
@@ -57,9 +59,24 @@ export class Sessions {
   readonly #opened = new WeakSet<AppSocket>()
   readonly #o: SessionsOptions
   #sockets = 0
+  /**
+   * The highest seq emitted to each bound channel's room. A socket that joins a room
+   * missed what was emitted to it before, and its session:ready's lastSeq, read by the
+   * worker earlier, may not count it: the ready takes the larger of the two, so the
+   * client sees the gap and fetches it. Dropped when the channel's key is unbound.
+   */
+  readonly #emitted = new Map<string, number>()
 
   constructor (options: SessionsOptions) {
     this.#o = options
+    options.bindings.on('operation', ({ op, key }: { op: 'bind' | 'unbind', key: string }) => {
+      if (op === 'unbind' && key.startsWith(CHANNEL_PREFIX)) this.#emitted.delete(key.slice(CHANNEL_PREFIX.length))
+    })
+  }
+
+  /** A group message went to its channel's room (see #emitted). */
+  emitted (channelId: string, seq: number): void {
+    if (seq > (this.#emitted.get(channelId) ?? 0)) this.#emitted.set(channelId, seq)
   }
 
   get socketCount (): number { return this.#sockets }
@@ -255,7 +272,12 @@ export class Sessions {
       await this.#apply(u, opened.channels, since, socket)
       u.loaded = true
       channels = [...u.channels.values()]
-      for (const channel of channels) if (channel.kind === 'group') void socket.join(channelRoom(channel.id))
+      for (const channel of channels) {
+        if (channel.kind !== 'group') continue
+        void socket.join(channelRoom(channel.id))
+        const seen = this.#emitted.get(channel.id)
+        if (seen !== undefined && seen > channel.lastSeq) channel.lastSeq = seen
+      }
     })
     if (channels === undefined) return false
     const groups = channels.filter((c) => c.kind === 'group')

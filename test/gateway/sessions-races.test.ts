@@ -32,7 +32,8 @@ function harness () {
     },
     whenBound: async () => {},
     now: () => 0,
-    boundSince: () => 0
+    boundSince: () => 0,
+    on: () => bindings
   }
   const answers: Array<Deferred<{ channels: ChannelSummary[] }>> = []
   const rereads: Array<Deferred<{ memberships: Array<{ userId: string, channels: ChannelSummary[] }> }>> = []

@@ -145,6 +145,34 @@ t.test('typing in a note-to-self channel reaches none of the typist\'s sockets',
   t.same([a, b].map((s) => s.events.filter((e) => e.event === 'typing').length), [0, 0], 'neither tab is told the user is typing')
 })
 
+t.test('a group message emitted while a session opens reaches the socket live or counts in its session:ready', async (t) => {
+  // The channel's key is bound already (bob is here), so it is not re-read after the join:
+  // a message stored after the worker read alice's list, and emitted before her socket
+  // joined the room, was neither delivered nor counted.
+  const bob = await connectUser(t, gw.url, 'rw-bob')
+  const created = await bob.request<{ channelId: string }>('channel:create', { name: 'window', memberIds: ['rw-alice'] })
+  await bob.send({ channelId: created.channelId }, 'before')
+  await bob.waitFor<Message>('message:new', (m) => m.content === 'before')
+  // Hold alice's session.open answer while bob's message is stored and emitted here.
+  const rpc = gw.app.broker.rpc as unknown as { call: (req: { op: string, userId?: string }) => Promise<unknown> }
+  const original = rpc.call.bind(rpc)
+  t.teardown(() => { rpc.call = original })
+  rpc.call = async (req) => {
+    const res = await original(req)
+    if (req.op === 'session.open' && req.userId === 'rw-alice') {
+      await bob.send({ channelId: created.channelId }, 'in the window')
+      await bob.waitFor<Message>('message:new', (m) => m.content === 'in the window')
+    }
+    return res
+  }
+  const alice = await connectUser(t, gw.url, 'rw-alice')
+  rpc.call = original
+  const summary = alice.ready.channels.find((c) => c.id === created.channelId)
+  await settle(500)
+  const live = alice.messages().filter((m) => m.channelId === created.channelId).map((m) => m.seq)
+  t.ok((summary?.lastSeq ?? 0) >= 2 || live.includes(2), `seq 2 is known to alice, live or by lastSeq (ready lastSeq ${summary?.lastSeq}, live ${JSON.stringify(live)})`)
+})
+
 t.test('a typing notice received more than 5 s after it was sent is dropped; none carries a broker expiration', async (t) => {
   const jan = await connectUser(t, gw.url, 'jan')
   const kit = await connectUser(t, gw.url, 'kit')
