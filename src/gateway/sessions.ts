@@ -32,7 +32,16 @@ interface LocalUser {
   touched?: Map<string, number>
   /** `clock` at the request of the newest channel list applied; an older one changes no membership. */
   listedAt: number
+  /**
+   * Groups this user left while here. A group once left is never joined again (there is
+   * no invite; a create makes a new channel), so a joined notice for one was queued
+   * before the leave and is stale: applied, it brought the channel back (created on first use).
+   */
+  left?: Set<string>
 }
+
+/** Most left groups remembered per user; a user who leaves more is rate limited long before. */
+const MAX_LEFT = 1000
 
 const CHANNEL_PREFIX = channelKey('')
 
@@ -145,6 +154,7 @@ export class Sessions {
   /** The user gained a channel: bind, join rooms, then tell the sockets. */
   joined (userId: string, channel: ChannelSummary): Promise<void> {
     return this.#serial(userId, async (user) => {
+      if (user.left?.has(channel.id) === true) return
       touch(user, channel.id)
       if (user.channels.has(channel.id)) {
         user.channels.set(channel.id, { ...channel, lastSeq: Math.max(channel.lastSeq, user.channels.get(channel.id)!.lastSeq) })
@@ -160,6 +170,9 @@ export class Sessions {
     return this.#serial(userId, async (user) => {
       // Even for a channel not known yet: a list read before this leave must not add it.
       touch(user, channelId)
+      const left = user.left ??= new Set()
+      left.add(channelId)
+      if (left.size > MAX_LEFT) left.delete(left.values().next().value as string)
       const channel = user.channels.get(channelId)
       if (channel === undefined) return
       this.#lose(user, channel)

@@ -184,3 +184,21 @@ t.test('a session.open read before a re-read does not undo it', async (t) => {
   t.notOk(h.refs.has(`channel:${C1}`))
   t.equal(h.refs.get(`channel:${C2}`), 1)
 })
+
+t.test('a joined notice consumed after the user left the channel does not bring it back', async (t) => {
+  const h = harness()
+  const s = await h.opened('alice', [])
+  // channel:create applies joined at once, and the worker's joined notice is still queued;
+  // channel:leave applies left at once; then the queue catches up with the stale joined.
+  await h.sessions.joined('alice', group(C1))
+  await h.sessions.left('alice', C1)
+  await h.sessions.joined('alice', group(C1))
+  t.notOk(h.sessions.channelOf('alice', C1), 'not counted a member again')
+  t.notOk(s.rooms.has(`c:${C1}`), 'her socket is not back in the room')
+  t.notOk(h.refs.has(`channel:${C1}`), 'the key is not bound again')
+  t.same(h.emitted.filter((e) => e.event.startsWith('channel:')).map((e) => e.event), ['channel:joined', 'channel:left'], 'no second channel:joined')
+  // A joined notice published after the left notice (a late announcement) changes nothing either.
+  await h.sessions.left('alice', C1)
+  await h.sessions.joined('alice', group(C1))
+  t.notOk(h.sessions.channelOf('alice', C1), 'a late joined after the left notice is ignored too')
+})
