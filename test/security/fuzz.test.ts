@@ -196,7 +196,7 @@ t.test('raw frames that break the Socket.IO protocol cost the sender its connect
   const deepArray = '['.repeat(5000) + ']'.repeat(5000)
   const placeholder = '{"_placeholder":true,"num":0}'
   // Each case: frames to write after a valid CONNECT, and what must follow.
-  const cases: Array<{ what: string, frames: Array<string | Buffer>, expect: 'closed' | 'validation' | 'alive' }> = [
+  const cases: Array<{ what: string, frames: Array<string | Buffer>, expect: 'closed' | 'validation' | 'alive' | 'closed or validation' }> = [
     { what: 'event "error" (CVE-2024-38355), with an ack id', frames: ['21["error","boom"]'], expect: 'validation' },
     { what: 'event "error" without an ack', frames: ['2["error",{"message":"boom"}]'], expect: 'alive' },
     { what: 'reserved event "disconnect"', frames: ['2["disconnect"]'], expect: 'closed' },
@@ -216,7 +216,10 @@ t.test('raw frames that break the Socket.IO protocol cost the sender its connect
     { what: 'attachment placeholder out of range', frames: ['51-1["message:send",{"_placeholder":true,"num":7}]', Buffer.from('x')], expect: 'closed' },
     { what: 'text frame while attachments are awaited', frames: [`51-1["message:send",${placeholder}]`, '21["channels:list",{}]'], expect: 'closed' },
     { what: 'a binary payload where an object belongs', frames: [`51-1["message:send",${placeholder}]`, Buffer.from('{"content":"x"}')], expect: 'validation' },
-    { what: 'a placeholder nested 5000 deep', frames: [`51-1["message:send",${'['.repeat(5000)}${placeholder}${']'.repeat(5000)}]`, Buffer.from('x')], expect: 'validation' },
+    // socket.io-parser puts attachments back recursively: whether 5000 levels fit in the
+    // stack depends on the Node version (Node 20: validation; Node 22: a parse error, which
+    // closes the connection). Either is fine; what matters is the gateway carrying on.
+    { what: 'a placeholder nested 5000 deep', frames: [`51-1["message:send",${'['.repeat(5000)}${placeholder}${']'.repeat(5000)}]`, Buffer.from('x')], expect: 'closed or validation' },
     { what: 'an ack for an id never sent', frames: ['3999[{"ok":true}]'], expect: 'alive' },
     { what: 'CONNECT to a namespace that does not exist', frames: [`0/admin,${JSON.stringify({ token: tokenFor('raw') })}`], expect: 'alive' },
     { what: 'CONNECT again to the same namespace, as another user', frames: [`0${JSON.stringify({ token: tokenFor('someone-else') })}`], expect: 'closed' }
@@ -226,7 +229,15 @@ t.test('raw frames that break the Socket.IO protocol cost the sender its connect
     conn.write(`0${JSON.stringify({ token: tokenFor('raw') })}`)
     await waitUntil(() => conn.packets.some((p) => p.type === 2 && Array.isArray(p.data) && p.data[0] === 'session:ready'), 15_000, 'session ready')
     for (const frame of c.frames) conn.write(frame)
-    if (c.expect === 'closed') {
+    if (c.expect === 'closed or validation') {
+      conn.write('2100["channels:list",{}]')
+      await waitUntil(() => conn.closed() || conn.packets.some((p) => p.type === 3 && p.id === 100), 15_000, `${c.what}: closed, or an answer to the follow-up request`)
+      if (!conn.closed()) {
+        const acks = conn.packets.filter((p) => p.type === 3 && p.id !== 100)
+        t.ok(acks.length > 0 && acks.every((p) => Array.isArray(p.data) && codeOf(p.data[0]) === 'VALIDATION'), `${c.what}: kept, and answered VALIDATION`)
+        conn.close()
+      } else t.pass(`${c.what}: connection closed`)
+    } else if (c.expect === 'closed') {
       await conn.whenClosed()
       t.pass(`${c.what}: connection closed`)
     } else {
