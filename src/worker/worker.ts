@@ -35,7 +35,10 @@ export interface WorkerStatus {
 
 export interface Worker {
   readonly metrics: WorkerMetrics
-  /** Resolves once the broker and the database answered; rejects with a one-line StartupError. */
+  /**
+   * Resolves once the broker and the database answered, when the worker starts consuming
+   * (unready and consuming nothing until then); rejects with a one-line StartupError.
+   */
   readonly started: Promise<void>
   status: () => WorkerStatus
   /** Stops consuming, finishes and acks what it holds, requeues the rest, closes everything. Idempotent. */
@@ -148,12 +151,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       }
     })
   })
-  const sends: Consumer[] = shards.map((shard) => consumeConn.createConsumer({
-    ...consumerTopology(names, { sendShard: shard }),
-    qos: { prefetchCount: config.WORKER_PREFETCH },
-    concurrency: config.WORKER_PREFETCH,
-    requeue: true
-  }, onSend))
+  /** Created once the start-up check passed (consume()), so empty until then. */
+  const sends: Consumer[] = []
   /** Send consumers subscribed since the connection last failed. */
   const sendsReady = new Set<Consumer>()
 
@@ -167,20 +166,16 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     onDatabaseState: (up) => setDatabaseState('answers', up),
     notify: (delivery: Delivery) => publisher.publish(deliveryEnvelope(names.outgoing, delivery), delivery, 10_000)
   })
-  const rpc: Consumer = consumeConn.createConsumer({
-    ...consumerTopology(names, 'rpc'),
-    qos: { prefetchCount: config.WORKER_RPC_CONCURRENCY * 2 },
-    concurrency: config.WORKER_RPC_CONCURRENCY,
-    requeue: false
-  }, async (msg, reply) => {
+  const onRpc = async (msg: AsyncMessage, reply: (body: unknown) => Promise<void>) => {
     const started = performance.now()
     const { op, response } = await handleRpc(msg.body)
     metrics.rpc.inc({ op, outcome: response.ok ? 'ok' : response.error.code })
     metrics.rpcLatency.observe({ op }, (performance.now() - started) / 1000)
     if (msg.replyTo !== undefined) await reply(response)
-  })
+  }
+  let rpc: Consumer | undefined
 
-  const allReady = () => rpcReady && sendsReady.size === sends.length
+  const allReady = () => rpc !== undefined && rpcReady && sendsReady.size === sends.length
   const watch = (name: 'sends' | 'rpc', consumer: Consumer, queue: string) => {
     consumer.on('ready', () => {
       if (name === 'rpc') rpcReady = true
@@ -193,11 +188,33 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       else log.debug({ err, queue }, `worker ${name} consumer error while stopping`)
     })
   }
-  sends[0]?.on('ready', () => {
-    declareTopology(consumeConn, names, config.WORKER_SHARDS).catch((err: unknown) => log.warn({ err }, 'could not declare the dead-letter topology'))
-  })
-  sends.forEach((consumer, i) => watch('sends', consumer, names.sendQueue(shards[i]!)))
-  watch('rpc', rpc, names.rpcQueue)
+  /**
+   * Subscribes to the send and RPC queues. Only after the start-up check: a worker that
+   * then refuses to start (no schema, a certificate it rejects) must not have taken, let
+   * alone dead-lettered and acked, the sends waiting for a worker that can store them.
+   */
+  const consume = () => {
+    for (const shard of shards) {
+      const consumer = consumeConn.createConsumer({
+        ...consumerTopology(names, { sendShard: shard }),
+        qos: { prefetchCount: config.WORKER_PREFETCH },
+        concurrency: config.WORKER_PREFETCH,
+        requeue: true
+      }, onSend)
+      watch('sends', consumer, names.sendQueue(shard))
+      sends.push(consumer)
+    }
+    rpc = consumeConn.createConsumer({
+      ...consumerTopology(names, 'rpc'),
+      qos: { prefetchCount: config.WORKER_RPC_CONCURRENCY * 2 },
+      concurrency: config.WORKER_RPC_CONCURRENCY,
+      requeue: false
+    }, onRpc)
+    watch('rpc', rpc, names.rpcQueue)
+    sends[0]?.on('ready', () => {
+      declareTopology(consumeConn, names, config.WORKER_SHARDS).catch((err: unknown) => log.warn({ err }, 'could not declare the dead-letter topology'))
+    })
+  }
   consumeConn.on('error', () => {
     sendsReady.clear()
     rpcReady = false
@@ -214,14 +231,14 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   ping.unref()
 
   // A consumer whose channel failed has no queue until it subscribes again.
-  const brokerUp = () => isOpen(consumeConn) && allReady() && sends.every((c) => c.queue !== '') && rpc.queue !== ''
+  const brokerUp = () => isOpen(consumeConn) && allReady() && sends.every((c) => c.queue !== '') && rpc?.queue !== ''
   metrics.setBrokerUp(brokerUp)
 
   async function shutdown (): Promise<void> {
     clearInterval(ping)
     log.info('worker stopping: finishing in-flight batches')
     // Reads and channel commands: no new ones; those running finish and answer.
-    const rpcStopping = rpc.close()
+    const rpcStopping = rpc?.close()
     // The batch in progress commits and acks (or, with the database down, is given back);
     // sends not yet in a batch, and any that arrive meanwhile, are given back.
     for (const item of batcher.takeBuffered()) item.settle(GIVE_BACK)
@@ -259,6 +276,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       // Otherwise it would report ready and retry every batch forever as a database outage.
       throw new StartupError('APP_DATABASE_NOT_MIGRATED', 'the database has no chat schema (or an old one): run `npm run db:migrate` with the same DATABASE_URL first')
     }
+    // Stopped while checking: close() already closed what there is to consume on.
+    if (closing === undefined) consume()
   })()
   // Callers that do not wait must not crash the process with an unhandled rejection.
   started.catch(() => {})

@@ -4,7 +4,12 @@
  * closing (a black hole, as when a machine vanishes), stall what the service sends
  * (a slow consumer), or add latency.
  */
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer, connect, type Server, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { TLSSocket } from 'node:tls'
 import type { Test } from 'tap'
 
 export class TcpProxy {
@@ -118,4 +123,43 @@ export function viaProxy (url: string, proxy: TcpProxy): string {
   u.hostname = '127.0.0.1'
   u.port = String(proxy.port)
   return u.toString()
+}
+
+/**
+ * PostgreSQL behind a TLS-terminating proxy with a self-signed certificate for
+ * `localhost`: `sslmode=require` works through it, `verify-full` fails as with an
+ * expired or replaced server certificate. Returns its port; closed at teardown.
+ */
+export async function startPostgresTlsProxy (t: Test, target = { host: '127.0.0.1', port: 5432 }): Promise<number> {
+  const dir = mkdtempSync(join(tmpdir(), 'tls-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'), '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' })
+  const key = readFileSync(join(dir, 'key.pem'))
+  const cert = readFileSync(join(dir, 'cert.pem'))
+  const sockets = new Set<Socket>()
+  const track = (s: Socket) => {
+    sockets.add(s)
+    s.once('close', () => sockets.delete(s))
+    return s
+  }
+  const server = createServer((client) => {
+    track(client).on('error', () => {})
+    // The client's SSLRequest: say yes, then speak TLS on the same socket.
+    client.once('data', () => {
+      client.write('S')
+      const secure = new TLSSocket(client, { isServer: true, key, cert })
+      const upstream = track(connect(target.port, target.host))
+      secure.pipe(upstream).pipe(secure)
+      secure.on('error', () => upstream.destroy())
+      upstream.on('error', () => secure.destroy())
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    for (const s of sockets) s.destroy()
+    await new Promise<void>((resolve) => server.close(() => resolve()))
+  })
+  const address = server.address()
+  if (address === null || typeof address === 'string') throw new Error('no port')
+  return address.port
 }
