@@ -13,11 +13,18 @@
 // forever, it would stop persistence for everyone behind it.
 const TRANSIENT_SQLSTATE_CLASSES = new Set(['08', '25', '28', '3D', '40', '53', '57', '58'])
 const TRANSIENT_SQLSTATES = new Set(['55P03', '42501', '42P01', '42883', '26000', '42P05'])
-// Node and postgres.js error codes for a lost or refused connection.
-const TRANSIENT_NODE_CODES = new Set([
-  'APP_DB_TIMEOUT', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN',
-  'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT'
+// postgres.js (and our own) codes for a lost, refused or silent connection; a DNS failure.
+const TRANSIENT_DRIVER_CODES = new Set([
+  'APP_DB_TIMEOUT', 'CONNECTION_CLOSED', 'CONNECTION_ENDED', 'CONNECTION_DESTROYED', 'CONNECT_TIMEOUT', 'EAI_AGAIN'
 ])
+// Node's socket errors (ECONNREFUSED, ENETDOWN, EADDRNOTAVAIL…) and TLS and certificate
+// failures (DEPTH_ZERO_SELF_SIGNED_CERT, CERT_HAS_EXPIRED, ERR_TLS_CERT_ALTNAME_INVALID,
+// UNABLE_TO_VERIFY_LEAF_SIGNATURE…): the path to the database or its deployment is wrong
+// (an expired or replaced certificate, an interceptor), never one message. Classed as
+// refusals, they split the batch and dead-letter every good message while the worker
+// reports the database up. Only codes of errors the server did not send: a server's
+// error always carries a SQLSTATE and a severity, and is judged by that SQLSTATE.
+const TRANSIENT_NODE_CODE = /^(E[A-Z]+|ERR_(SSL|TLS|SOCKET)_[A-Z_]+|[A-Z_]*CERT[A-Z_]*|UNABLE_TO_[A-Z_]+)$/
 
 /**
  * True when retrying the same work later may succeed: the database was down, busy,
@@ -28,9 +35,11 @@ export function isTransientDbError (err: unknown): boolean {
   for (let e: unknown = err, depth = 0; e !== undefined && e !== null && depth < 5; depth++) {
     const code = (e as { code?: unknown }).code
     if (typeof code === 'string') {
-      if (TRANSIENT_NODE_CODES.has(code)) return true
-      if (/^[0-9A-Z]{5}$/.test(code) && (e as { severity?: unknown }).severity !== undefined) {
-        return TRANSIENT_SQLSTATES.has(code) || TRANSIENT_SQLSTATE_CLASSES.has(code.slice(0, 2))
+      if (TRANSIENT_DRIVER_CODES.has(code)) return true
+      if ((e as { severity?: unknown }).severity !== undefined) {
+        if (/^[0-9A-Z]{5}$/.test(code)) return TRANSIENT_SQLSTATES.has(code) || TRANSIENT_SQLSTATE_CLASSES.has(code.slice(0, 2))
+      } else if (TRANSIENT_NODE_CODE.test(code)) {
+        return true
       }
     }
     if (e instanceof AggregateError && e.errors.some(isTransientDbError)) return true

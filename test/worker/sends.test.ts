@@ -17,8 +17,9 @@ import { createMessagesRepository } from '../../src/db/repositories/messages.js'
 import { silentLogger } from '../../src/log.js'
 import { createWorkerMetrics } from '../../src/worker/metrics.js'
 import { GIVE_BACK, SendPipeline, type PendingSend } from '../../src/worker/sends.js'
+import { startPostgresTlsProxy } from '../helpers/proxy.js'
 import { createDatabase, sqlClient } from '../helpers/services.js'
-import { waitUntil } from '../helpers/system.js'
+import { sleep, waitUntil } from '../helpers/system.js'
 
 const url = await createDatabase(t)
 const handle = openDatabase({ url, max: 2 })
@@ -34,6 +35,7 @@ function pipeline (failures: number, closing: { now: boolean }, messages = creat
     }
   }
   const dead: string[] = []
+  const states: boolean[] = []
   const p = new SendPipeline({
     messages,
     publisher: publisher as unknown as ConfirmedPublisher,
@@ -42,11 +44,11 @@ function pipeline (failures: number, closing: { now: boolean }, messages = creat
     maxContentChars: 4000,
     log: silentLogger,
     metrics: createWorkerMetrics({ server_id: 'w', region: 'test' }, false),
-    onDatabaseState: () => {},
+    onDatabaseState: (up) => states.push(up),
     isClosing: () => closing.now,
     dbTimeoutMs: 5000
   })
-  return { p, dead, calls: () => calls }
+  return { p, dead, states, calls: () => calls }
 }
 
 function sends (senderId: string, n: number) {
@@ -110,4 +112,31 @@ t.test('a batch split to isolate a refused message, and the worker stops during 
   const rows = await sql<Array<{ content: string }>>`select content from messages where sender_id = 'split-di' order by seq`
   t.same(rows.map((r) => r.content), ['m0'], 'only the send before the given-back one is stored')
   t.same(items.map((item) => statusOf.get(item)), [ConsumerStatus.ACK, GIVE_BACK, GIVE_BACK], 'the first acked, the second and third given back')
+})
+
+t.test('the database\'s certificate fails verification (expired, replaced, an interceptor): the batch is held, nothing dead-lettered', async (t) => {
+  const tlsPort = await startPostgresTlsProxy(t)
+  const tlsUrl = (mode: string) => `postgres://postgres@localhost:${tlsPort}${new URL(url).pathname}?sslmode=${mode}`
+  const verified = openDatabase({ url: tlsUrl('verify-full'), max: 2 })
+  t.teardown(() => verified.close())
+  const closing = { now: false }
+  const { p, dead, states } = pipeline(0, closing, createMessagesRepository(verified.db))
+  const { items, settled } = sends('tls-ann', 3)
+  const running = p.run(items)
+  await sleep(1500) // several attempts
+  t.same(dead, [], 'nothing dead-lettered')
+  t.same(settled, [], 'nothing acked: held for a retry')
+  t.ok(states.length > 0 && !states.includes(true), 'the database reported down')
+  closing.now = true
+  await running
+  t.same(settled, [GIVE_BACK, GIVE_BACK, GIVE_BACK], 'given back at shutdown')
+
+  // The same proxy without verification stores them: the proxy itself works.
+  const unverified = openDatabase({ url: tlsUrl('require'), max: 2 })
+  t.teardown(() => unverified.close())
+  const ok = pipeline(0, { now: false }, createMessagesRepository(unverified.db))
+  const again = sends('tls-ann', 3)
+  await ok.p.run(again.items)
+  await ok.p.idle()
+  t.same(again.settled, Array(3).fill(ConsumerStatus.ACK))
 })
