@@ -52,6 +52,21 @@ t.test('postgres: the batch statement is prepared once per connection, or not at
   }
 })
 
+t.test('postgres: the group limit holds on a database whose default isolation is repeatable read', async (t) => {
+  const url = await createDatabase(t)
+  const admin = openDatabase({ url, max: 1 })
+  t.teardown(() => admin.close())
+  await admin.db.execute(sql.raw(`alter database "${new URL(url).pathname.slice(1)}" set default_transaction_isolation = 'repeatable read'`))
+  const handle = openDatabase({ url, max: 8 })
+  t.teardown(() => handle.close())
+  t.equal(await count(handle.db, sql`select (current_setting('default_transaction_isolation') = 'repeatable read')::int as n`), 1, 'the pool runs on repeatable read')
+  const channels = createChannelsRepository(handle.db)
+  const cap = 3
+  const results = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => channels.createGroup(`racer${i}`, `race ${i}`, [`x${i}`, 'target'], cap)))
+  t.equal(results.filter((r) => r.status === 'fulfilled').length, cap, `exactly ${cap} of 12 concurrent creates succeed`)
+  t.equal(await count(handle.db, sql`select count(*) as n from members m join channels c on c.id = m.channel_id where m.user_id = 'target' and c.kind = 'group'`), cap, 'the target is in exactly the limit')
+})
+
 /** `concurrent`: the database serves several connections at once (PGlite serves one). */
 async function suite (t: Test, db: Database, concurrent: boolean): Promise<void> {
   const channels = createChannelsRepository(db)

@@ -118,7 +118,11 @@ export function createChannelsRepository (db: Database) {
           await tx.insert(members).values(everyone.slice(i, i + 5000).map((userId) => ({ channelId: row.id, userId })))
         }
         return { channel: toSummary(row, creatorId), memberIds: everyone }
-      })
+        // The count must see the creates that committed while this one waited for its
+        // locks: a fresh snapshot per statement. A database whose default isolation is
+        // repeatable read would count from a snapshot taken before the wait, and racing
+        // creates would all pass it.
+      }, { isolationLevel: 'read committed' })
     },
 
     /**
