@@ -3,6 +3,7 @@
  * announcing a committed change is slow (a broker under pressure confirms late).
  */
 import t from 'tap'
+import { loadConfig } from '../../src/config.js'
 import { openDatabase } from '../../src/db/client.js'
 import { createChannelsRepository } from '../../src/db/repositories/channels.js'
 import { createMessagesRepository } from '../../src/db/repositories/messages.js'
@@ -51,4 +52,24 @@ t.test('an announcement the broker confirms late does not hold the answer past t
   const created = await handler({ op: 'channel.create', userId: 'cy', name: 'late news', memberIds: ['dee'] })
   t.match(created.response, { ok: true })
   t.ok(Date.now() - started < 4000, `answered in ${Date.now() - started} ms, under RPC_TIMEOUT_MS (5 s)`)
+})
+
+t.test('a create naming as many members as MAX_CHANNEL_MEMBERS allows (up to 100,000) succeeds', async (t) => {
+  const config = loadConfig('worker', { MAX_CHANNEL_MEMBERS: '100000' })
+  const handler = createRpcHandler({
+    channels: createChannelsRepository(handle.db),
+    messages: createMessagesRepository(handle.db),
+    notify: async () => {},
+    maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
+    maxUserGroups: 1000,
+    dbTimeoutMs: 10_000,
+    log: silentLogger,
+    onDatabaseState: () => {}
+  })
+  // Past the 65,535 bind parameters one statement may carry.
+  const memberIds = Array.from({ length: 70_000 }, (_, i) => `big-${i}`)
+  const created = await handler({ op: 'channel.create', userId: 'big-owner', name: 'everyone', memberIds })
+  t.match(created.response, { ok: true, result: { channel: { name: 'everyone' } } })
+  const listed = await handler({ op: 'memberships.list', userIds: ['big-0', 'big-69999'] })
+  t.match(listed.response, { ok: true, result: { memberships: [{ userId: 'big-0', channels: [{ name: 'everyone' }] }, { userId: 'big-69999', channels: [{ name: 'everyone' }] }] } }, 'the last named member is in it too')
 })

