@@ -20,6 +20,12 @@ t.test('numbers are parsed and checked', async (t) => {
   t.throws(() => loadConfig('gateway', { BROKER_PREFIX: 'a b' }), /BROKER_PREFIX is invalid/)
 })
 
+t.test('DB_TIMEOUT_MS stays within what a stopping worker waits for its batch', async (t) => {
+  t.equal(loadConfig('worker', { DB_TIMEOUT_MS: '15000' }).DB_TIMEOUT_MS, 15_000)
+  t.throws(() => loadConfig('worker', { DB_TIMEOUT_MS: '15001' }), { message: /^DB_TIMEOUT_MS is invalid \("15001"\): expected an integer from 100 to 15000$/ })
+  t.throws(() => loadConfig('worker', { DB_TIMEOUT_MS: '600000' }), /DB_TIMEOUT_MS is invalid/)
+})
+
 t.test('production refuses development defaults, naming the setting', async (t) => {
   t.throws(() => loadConfig('gateway', { NODE_ENV: 'production', JWT_SECRET: 'x'.repeat(32) }), { message: 'AMQP_URL is required in production' })
   t.throws(() => loadConfig('gateway', { NODE_ENV: 'production', AMQP_URL: 'amqps://u:p@h/v' }), /^JWT_SECRET is required in production/)
