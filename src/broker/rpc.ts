@@ -19,6 +19,13 @@ import { ROUTE_RPC, type BrokerNames } from './topology.js'
 
 const REPLY_TO = 'amq.rabbitmq.reply-to'
 
+/**
+ * Header of a request: how long its caller waits for the answer, in ms. The worker's
+ * writes commit early enough for the answer to arrive in time, or not at all, so that
+ * a caller told UNAVAILABLE knows nothing changed (src/worker/rpc-handlers.ts).
+ */
+export const RPC_TIMEOUT_HEADER = 'x-chat-timeout-ms'
+
 interface Pending {
   resolve: (reply: AsyncMessage) => void
   reject: (err: ClientError) => void
@@ -91,6 +98,7 @@ export class WorkerRpc {
           replyTo: REPLY_TO,
           correlationId: id,
           expiration: String(this.#timeoutMs),
+          headers: { [RPC_TIMEOUT_HEADER]: this.#timeoutMs },
           contentType: 'application/json'
         }, request)
       } catch (cause) {

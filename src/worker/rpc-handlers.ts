@@ -7,6 +7,7 @@ import { RpcRequestSchema, type Delivery, type RpcRequest, type RpcResponse, typ
 import { compile } from '../contracts/validate.js'
 import type { ChannelsRepository } from '../db/repositories/channels.js'
 import type { MessagesRepository } from '../db/repositories/messages.js'
+import { writeWithin, type WriteDeadline } from '../db/deadline.js'
 import { describeDbError, isTransientDbError, withDbTimeout } from '../db/errors.js'
 import { ClientError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -26,18 +27,30 @@ export interface RpcHandlerDeps {
 }
 
 /**
- * How long an answer waits for its announcement. Members usually hear of a change before
- * its author's call returns; but the change is committed, and a broker slow to confirm
- * must not push the answer past the gateway's RPC_TIMEOUT_MS (5 s by default): the
+ * How long an answer waits for its announcement at most. Members usually hear of a change
+ * before its author's call returns; but the change is committed, and a broker slow to
+ * confirm must not push the answer past the caller's timeout (RPC_TIMEOUT_MS): the
  * client would be told UNAVAILABLE, and its retry would create a second channel or be
  * refused a leave it already made. The announcement carries on after the answer.
  */
 const ANNOUNCE_WAIT_MS = 2000
 
-function announced (announcement: Promise<unknown>): Promise<unknown> {
+function announced (announcement: Promise<unknown>, waitMs: number): Promise<unknown> {
   let timer: NodeJS.Timeout | undefined
-  return Promise.race([announcement, new Promise((resolve) => { timer = setTimeout(resolve, ANNOUNCE_WAIT_MS) })])
+  return Promise.race([announcement, new Promise((resolve) => { timer = setTimeout(resolve, Math.max(0, Math.min(ANNOUNCE_WAIT_MS, waitMs))) })])
     .finally(() => clearTimeout(timer))
+}
+
+/**
+ * What a write leaves of the caller's timeout for its commit, the answer's way back and
+ * the request's way in (its time in the queue is not known here): 1 s of 5.
+ */
+export const answerMarginMs = (callerTimeoutMs: number) => Math.min(1000, Math.floor(callerTimeoutMs / 5))
+
+/** What the worker knows of the caller (the gateway) of one request. */
+export interface RpcCaller {
+  /** How long the caller waits for the answer in all, from the request's header. */
+  timeoutMs?: number
 }
 
 export function createRpcHandler (deps: RpcHandlerDeps) {
@@ -45,7 +58,18 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
   // turn it into "storage unavailable" (a retried create would make a second channel).
   const db = <T>(work: Promise<T>): Promise<T> => withDbTimeout(work, deps.dbTimeoutMs)
 
-  async function execute (req: RpcRequest): Promise<RpcResults[RpcRequest['op']]> {
+  /**
+   * A write commits before its caller gives up or not at all, so that UNAVAILABLE (from
+   * the worker or from the gateway's timer) always means nothing changed and a retry is
+   * safe. `answerBy` is when the answer must leave.
+   */
+  const write = <T>(answerBy: number, run: (deadline: WriteDeadline) => Promise<T>): Promise<T> =>
+    writeWithin(Math.min(deps.dbTimeoutMs, answerBy - Date.now()), run)
+
+  async function execute (req: RpcRequest, caller: RpcCaller): Promise<RpcResults[RpcRequest['op']]> {
+    const answerBy = caller.timeoutMs === undefined
+      ? Date.now() + deps.dbTimeoutMs + ANNOUNCE_WAIT_MS
+      : Date.now() + caller.timeoutMs - answerMarginMs(caller.timeoutMs)
     switch (req.op) {
       case 'session.open':
       case 'channels.list':
@@ -60,30 +84,30 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
         if (req.memberIds.length > deps.maxChannelMembers) {
           throw new ClientError('VALIDATION', `a channel may name at most ${deps.maxChannelMembers} members`)
         }
-        const { channel, memberIds } = await db(deps.channels.createGroup(req.userId, req.name, req.memberIds, deps.maxUserGroups))
+        const { channel, memberIds } = await write(answerBy, (deadline) => deps.channels.createGroup(req.userId, req.name, req.memberIds, deps.maxUserGroups, deadline))
         deps.onDatabaseState(true)
         // Every member's gateways bind channel:{id} and tell their sockets. A failure here
         // leaves the channel usable: members see it at their next session:ready.
         await announced(Promise.all(memberIds.map((userId) => deps.notify({ t: 'joined', userId, channel })))
-          .catch((err: unknown) => deps.log.warn({ err, channelId: channel.id }, 'could not announce a new channel')))
+          .catch((err: unknown) => deps.log.warn({ err, channelId: channel.id }, 'could not announce a new channel')), answerBy - Date.now())
         return { channel }
       }
       case 'channel.leave':
-        await db(deps.channels.leave(req.channelId, req.userId))
+        await write(answerBy, (deadline) => deps.channels.leave(req.channelId, req.userId, deadline))
         deps.onDatabaseState(true)
         await announced(deps.notify({ t: 'left', userId: req.userId, channelId: req.channelId })
-          .catch((err: unknown) => deps.log.warn({ err, channelId: req.channelId }, 'could not announce a channel leave')))
+          .catch((err: unknown) => deps.log.warn({ err, channelId: req.channelId }, 'could not announce a channel leave')), answerBy - Date.now())
         return {}
     }
   }
 
   /** Never throws: every outcome is a response. */
-  return async function handle (body: unknown): Promise<{ op: string, response: RpcResponse }> {
+  return async function handle (body: unknown, caller: RpcCaller = {}): Promise<{ op: string, response: RpcResponse }> {
     const checked = validateRequest(body)
     if (!checked.ok) return { op: 'invalid', response: { ok: false, error: { code: 'VALIDATION', message: checked.reason } } }
     const req = checked.value
     try {
-      const result = await execute(req)
+      const result = await execute(req, caller)
       deps.onDatabaseState(true)
       return { op: req.op, response: { ok: true, result } }
     } catch (err) {

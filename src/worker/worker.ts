@@ -11,6 +11,7 @@ import { openConnection } from '../broker/connection.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
 import { isOpen } from '../broker/socket.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
+import { RPC_TIMEOUT_HEADER } from '../broker/rpc.js'
 import { brokerNames, consumerTopology, declareTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
 import { sql } from 'drizzle-orm'
 import { openDatabase, statementRunner, type DatabaseHandle } from '../db/client.js'
@@ -65,6 +66,12 @@ export interface WorkerOptions {
 function consumerChannel (consumer: Consumer): { close: () => Promise<void> } | undefined {
   const ch = (consumer as unknown as { _ch?: { active: boolean, close: () => Promise<void> } })._ch
   return ch?.active === true ? ch : undefined
+}
+
+/** The caller's timeout a request carries; absent from gateways older than the header. */
+function callerTimeoutMs (msg: AsyncMessage): number | undefined {
+  const value: unknown = msg.headers?.[RPC_TIMEOUT_HEADER]
+  return typeof value === 'number' && Number.isInteger(value) && value > 0 ? value : undefined
 }
 
 export function startWorker ({ config, log, database, defaultMetrics = true }: WorkerOptions): Worker {
@@ -168,7 +175,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   })
   const onRpc = async (msg: AsyncMessage, reply: (body: unknown) => Promise<void>) => {
     const started = performance.now()
-    const { op, response } = await handleRpc(msg.body)
+    const { op, response } = await handleRpc(msg.body, { timeoutMs: callerTimeoutMs(msg) })
     metrics.rpc.inc({ op, outcome: response.ok ? 'ok' : response.error.code })
     metrics.rpcLatency.observe({ op }, (performance.now() - started) / 1000)
     if (msg.replyTo !== undefined) await reply(response)

@@ -9,11 +9,24 @@ import { createChannelsRepository } from '../../src/db/repositories/channels.js'
 import { createMessagesRepository } from '../../src/db/repositories/messages.js'
 import { silentLogger } from '../../src/log.js'
 import { createRpcHandler } from '../../src/worker/rpc-handlers.js'
-import { createDatabase } from '../helpers/services.js'
-import { sleep } from '../helpers/system.js'
+import { openConnection } from '../../src/broker/connection.js'
+import { WorkerRpc } from '../../src/broker/rpc.js'
+import { brokerNames } from '../../src/broker/topology.js'
+import type { Delivery } from '../../src/contracts/envelopes.js'
+import { hash32 } from '../../src/hash.js'
+import { createDatabase, createVhost, sqlClient } from '../helpers/services.js'
+import { sleep, startTestWorker } from '../helpers/system.js'
 
-const handle = openDatabase({ url: await createDatabase(t), max: 2 })
+const url = await createDatabase(t)
+const handle = openDatabase({ url, max: 4 })
 t.teardown(() => handle.close())
+const sql = sqlClient(t, url)
+
+/** Holds, for `ms`, the lock a create naming `userId` takes (another create, a slow disk). */
+const holdGroupLock = (userId: string, ms: number) => sql.begin(async (tx) => {
+  await tx`select pg_advisory_xact_lock(${0x63686174}::int, ${hash32(userId) % 64}::int)`
+  await sleep(ms)
+})
 
 t.test('a committed create or leave is answered ok however slowly it is announced, and the database stays up', async (t) => {
   const states: boolean[] = []
@@ -72,4 +85,64 @@ t.test('a create naming as many members as MAX_CHANNEL_MEMBERS allows (up to 100
   t.match(created.response, { ok: true, result: { channel: { name: 'everyone' } } })
   const listed = await handler({ op: 'memberships.list', userIds: ['big-0', 'big-69999'] })
   t.match(listed.response, { ok: true, result: { memberships: [{ userId: 'big-0', channels: [{ name: 'everyone' }] }, { userId: 'big-69999', channels: [{ name: 'everyone' }] }] } }, 'the last named member is in it too')
+})
+
+t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the client\'s retry does it once, announced', async (t) => {
+  const notices: Delivery[] = []
+  const handler = createRpcHandler({
+    channels: createChannelsRepository(handle.db),
+    messages: createMessagesRepository(handle.db),
+    notify: async (d) => { notices.push(d) },
+    maxChannelMembers: 100,
+    maxUserGroups: 1000,
+    dbTimeoutMs: 300,
+    log: silentLogger,
+    onDatabaseState: () => {}
+  })
+  const holding = holdGroupLock('tim-ann', 1000)
+  await sleep(100)
+  const first = await handler({ op: 'channel.create', userId: 'tim-ann', name: 'team', memberIds: ['tim-bob'] })
+  t.match(first.response, { ok: false, error: { code: 'UNAVAILABLE' } }, 'the caller is told it failed')
+  await holding
+  await sleep(300)
+  t.same(await sql`select id from channels where created_by = 'tim-ann'`, [], 'and nothing was created')
+  const retry = await handler({ op: 'channel.create', userId: 'tim-ann', name: 'team', memberIds: ['tim-bob'] })
+  t.match(retry.response, { ok: true })
+  t.equal((await sql`select id from channels where created_by = 'tim-ann'`).length, 1, 'one channel after the retry')
+  t.equal(notices.filter((n) => n.t === 'joined').length, 2, 'announced to both members')
+
+  const channelId = (retry.response as { result: { channel: { id: string } } }).result.channel.id
+  const locked = sql.begin(async (tx) => {
+    await tx`select 1 from members where channel_id = ${channelId} and user_id = 'tim-bob' for update`
+    await sleep(1000)
+  })
+  await sleep(100)
+  const left = await handler({ op: 'channel.leave', userId: 'tim-bob', channelId })
+  t.match(left.response, { ok: false, error: { code: 'UNAVAILABLE' } })
+  await locked
+  await sleep(300)
+  t.equal((await sql`select 1 from members where channel_id = ${channelId} and user_id = 'tim-bob'`).length, 1, 'still a member')
+  const again = await handler({ op: 'channel.leave', userId: 'tim-bob', channelId })
+  t.same(again.response, { ok: true, result: {} }, 'the retry leaves')
+  t.equal(notices.filter((n) => n.t === 'left').length, 1, 'announced once')
+})
+
+t.test('a gateway that waits less than DB_TIMEOUT_MS is not told UNAVAILABLE for a create that then commits', async (t) => {
+  const amqpUrl = (await createVhost(t)).url
+  await startTestWorker(t, { amqpUrl, databaseUrl: url }) // DB_TIMEOUT_MS: 10 s by default
+  const conn = openConnection({ url: amqpUrl, name: 'test-gateway', heartbeatSeconds: 5, log: silentLogger })
+  t.teardown(() => conn.close())
+  const rpc = new WorkerRpc(conn, brokerNames('chat'), 1500)
+  t.teardown(() => rpc.close())
+  const holding = holdGroupLock('gw-ann', 2500)
+  await sleep(100)
+  const started = Date.now()
+  await t.rejects(rpc.call({ op: 'channel.create', userId: 'gw-ann', name: 'team', memberIds: ['gw-bob'] }), { code: 'UNAVAILABLE' })
+  t.ok(Date.now() - started < 1500, `answered by the worker in ${Date.now() - started} ms, before the gateway gave up`)
+  await holding
+  await sleep(500)
+  t.same(await sql`select id from channels where created_by = 'gw-ann'`, [], 'nothing was created behind the UNAVAILABLE')
+  const retried = await rpc.call({ op: 'channel.create', userId: 'gw-ann', name: 'team', memberIds: ['gw-bob'] })
+  t.equal(retried.channel.name, 'team')
+  t.equal((await sql`select id from channels where created_by = 'gw-ann'`).length, 1, 'one channel after the retry')
 })
