@@ -7,19 +7,20 @@
 import { randomUUID } from 'node:crypto'
 import { Connection } from 'rabbitmq-client'
 import t, { type Test } from 'tap'
+import { brokerNames, declareTopology } from '../../src/broker/topology.js'
 import { silentLogger } from '../../src/log.js'
 import { startWorker } from '../../src/worker/worker.js'
 import { startPostgresTlsProxy, startProxy, viaProxy } from '../helpers/proxy.js'
 import { createDatabase, createVhost, sqlClient } from '../helpers/services.js'
 import { sleep, startTestWorker, testConfig, waitUntil } from '../helpers/system.js'
 
-/** A vhost whose send queue exists (a worker ran once) and now holds `n` sends. */
+/** A vhost whose queues exist (as a worker declares them) and whose send queue holds `n` sends. */
 async function queuedSends (t: Test, n: number) {
   const vhost = await createVhost(t)
   const env = { amqpUrl: vhost.url, databaseUrl: await createDatabase(t) }
-  await (await startTestWorker(t, env)).close()
   const conn = new Connection(env.amqpUrl)
   t.teardown(() => conn.close())
+  await declareTopology(conn, brokerNames('chat'), 1)
   const pub = conn.createPublisher({ confirm: true })
   t.teardown(() => pub.close())
   const ids = Array.from({ length: n }, () => randomUUID())
