@@ -73,6 +73,11 @@ export class ChannelSync {
     if (!firstSession) this.#o.joined({ ...channel })
   }
 
+  /** channels:list after session:resync: catch up the channels tracked; joins and leaves come as their own notices. */
+  refresh (channel: ChannelSummary): void {
+    if (this.#tracker.get(channel.id) !== undefined) this.learn(channel)
+  }
+
   forget (channelId: string): void {
     const tracked = this.#tracker.get(channelId)
     if (tracked === undefined) return

@@ -177,6 +177,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
 
   async #open (): Promise<void> {
     this.#reconnectTimer = undefined
+    if (this.#state === 'closed') return
     let url: string
     try {
       url = this.#pickUrl(this.#attempt++)
@@ -187,6 +188,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     }
     this.#url = url
     this.#setState('connecting', { url })
+    if (this.#isClosed()) return // a state listener closed the client
     let token: string
     try {
       token = typeof this.#o.token === 'string' ? this.#o.token : await this.#withTimeout(Promise.resolve(this.#o.token()), this.#o.connectTimeoutMs, 'the token function did not settle')
@@ -196,7 +198,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
       this.#retryLater(url, 'token function failed')
       return
     }
-    if (this.#state === 'closed') return
+    if (this.#isClosed()) return
     // Our own reconnect loop, not socket.io's: socket.io does not reconnect after a
     // server-side disconnect (token expiry, drain), and cannot move to another URL.
     const socket: ClientSocket = io(url, { transports: ['websocket'], reconnection: false, forceNew: true, timeout: this.#o.connectTimeoutMs, auth: { token } })
@@ -246,7 +248,10 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     const early = this.#early
     this.#early = []
     for (const replay of early) replay()
+    // A listener (channel:joined, message) may have closed the client meanwhile.
+    if (this.#state === 'closed' || this.#socket !== socket) return
     this.#setState('ready', { url: this.#url ?? '' })
+    if (this.#isClosed() || this.#socket !== socket) return
     this.emit('ready', ready)
   }
 
@@ -271,6 +276,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     if (this.#state === 'closed') return
     this.#failures++
     this.#setState('disconnected', { ...(url !== undefined ? { url } : {}), reason })
+    if (this.#isClosed()) return // a state listener closed the client
     this.#reconnectTimer = setTimeout(() => { void this.#open() }, delayMs ?? this.#backoff(this.#failures))
   }
 
@@ -283,7 +289,9 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
       if (this.#gate.current !== socket) return // a new session catches up anyway
       try {
         const { channels } = await this.#request<ListResult>(socket, 'channels:list', {})
-        for (const channel of channels) this.#sync.learn(channel)
+        // Joins and leaves were announced before session:resync; the list (read by the
+        // worker, not ordered with those notices) only says how far tracked channels went.
+        for (const channel of channels) this.#sync.refresh(channel)
       } catch (err) {
         if (this.#gate.current !== socket || !(err instanceof ChatError)) return
         this.emit('error', err)
@@ -350,6 +358,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   }
 
   #later (ms: number, fn: () => void | Promise<void>): void {
+    if (this.#state === 'closed') return // close() has cleared the others
     const timer = setTimeout(() => {
       this.#timers.delete(timer)
       void fn()
