@@ -42,7 +42,7 @@ async function stop (signal: string): Promise<void> {
     log.error('worker did not stop in 25 s; exiting')
     process.exit(1)
   }, 25_000).unref()
-  await worker.close()
+  await worker.close().catch((err: unknown) => log.error({ err }, 'worker did not stop cleanly'))
   await embedded?.close()
   server.close()
   clearTimeout(deadline)

@@ -245,7 +245,9 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     clearInterval(ping)
     log.info('worker stopping: finishing in-flight batches')
     // Reads and channel commands: no new ones; those running finish and answer.
-    const rpcStopping = rpc?.close()
+    // A broker lost meanwhile rejects the cancels: the broker requeues what we hold anyway.
+    const quietly = (what: string) => (err: unknown) => { log.warn({ err }, `worker stopping: ${what} failed`) }
+    const rpcStopping = rpc?.close().catch(quietly('closing the RPC consumer'))
     // The batch in progress commits and acks (or, with the database down, is given back);
     // sends not yet in a batch, and any that arrive meanwhile, are given back.
     for (const item of batcher.takeBuffered()) item.settle(GIVE_BACK)
@@ -256,12 +258,12 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     // Nacks would hand them straight back to this worker (still the active consumer),
     // each costing one of the queue's delivery attempts, and cancelling first would let
     // a standby store newer sends before these: seq out of order.
-    const stopping = sends.map((c) => c.close()) // from here on the consumers do not subscribe again
-    await Promise.all(sends.map((c) => consumerChannel(c)?.close()))
+    const stopping = sends.map((c) => c.close().catch(quietly('closing a send consumer'))) // from here on the consumers do not subscribe again
+    await Promise.all(sends.map((c) => consumerChannel(c)?.close().catch(quietly('closing a send channel'))))
     for (const resolve of givenBack.splice(0)) resolve()
     await Promise.all([...stopping, rpcStopping])
-    await Promise.all([publisher.close(), deadLetterPublisher.close()])
-    await Promise.all([consumeConn.close(), publishConn.close()])
+    await Promise.allSettled([publisher.close(), deadLetterPublisher.close()])
+    await Promise.allSettled([consumeConn.close(), publishConn.close()])
     if (database === undefined) await db.close()
     log.info('worker stopped')
   }
