@@ -49,7 +49,8 @@ export const ConfigSchema = Type.Object({
   LISTEN_BACKLOG: Int('Pending TCP connections the gateway\'s listening socket queues (capped by the kernel\'s somaxconn); a reconnect storm overflows Node\'s default of 511.', 4096, 1, 65_535),
   FASTIFY_ADDRESS: Type.String({ description: 'Address the fastify CLI listens on (its own setting, checked here at start); empty means localhost. Use 0.0.0.0 in containers.', default: '' }),
   METRICS_PORT: Int('Port of a separate HTTP listener for /metrics (keep it off the public port in production); 0 serves /metrics on PORT.', 0, 0, 65535),
-  DRAIN_WINDOW_MS: Int('On SIGTERM/SIGINT, sockets are told to reconnect elsewhere and disconnected at random moments spread over this window. Keep it below the fastify CLI grace delay (-g).', 5000, 0, 300_000),
+  DRAIN_WINDOW_MS: Int('On SIGTERM/SIGINT, sockets are told to reconnect elsewhere and disconnected at random moments spread over this window. Keep it at least 5 s below the fastify CLI grace delay (-g or FASTIFY_CLOSE_GRACE_DELAY).', 5000, 0, 300_000),
+  FASTIFY_CLOSE_GRACE_DELAY: Int('The fastify CLI\'s shutdown grace in ms (its own setting, like -g; checked here at start when set): past it the CLI exits 1 without closing anything. Must exceed DRAIN_WINDOW_MS by at least 5 s. 0 = not set here (the CLI then takes -g, or its default of 500 ms).', 0, 0, 3_600_000),
   GATEWAY_MAX_SOCKETS: Int('Hard cap of sockets on one gateway; beyond it connections are refused (connect_error UNAVAILABLE).', 15_000, 1, 1_000_000),
   GATEWAY_READY_SOCKETS: Int('Above this many sockets /ready answers 503 so the load balancer sends new clients elsewhere; 0 means 90% of GATEWAY_MAX_SOCKETS (at least 1); at most GATEWAY_MAX_SOCKETS.', 0, 0, 1_000_000),
   USER_MAX_SOCKETS: Int('Most simultaneous sockets of one user on one gateway; beyond it connections are refused (connect_error RATE_LIMITED).', 20, 1, 10_000),
@@ -63,9 +64,9 @@ export const ConfigSchema = Type.Object({
     description: 'Engine.IO transports. Keep `websocket` behind load balancers without sticky sessions (Fly).',
     default: 'websocket'
   }),
-  MAX_PAYLOAD_BYTES: Int('Largest Socket.IO frame a client may send; bigger frames close the socket. At least MAX_CONTENT_CHARS × 3 + 1024, so that any valid message fits.', 16_384, 1024, 10_485_760),
+  MAX_PAYLOAD_BYTES: Int('Largest Socket.IO frame a client may send; bigger frames close the socket. At least MAX_CONTENT_CHARS × 3 + 1024, so that any valid message fits, and MAX_CHANNEL_MEMBERS × 39 + 1024, so that a channel:create naming that many UUID-sized user ids fits (longer ids need more).', 65_536, 1024, 10_485_760),
   MAX_CONTENT_CHARS: Int('Longest message content, in characters.', 4000, 1, 1_000_000),
-  MAX_CHANNEL_MEMBERS: Int('Most members a channel:create may name.', 1000, 1, 100_000),
+  MAX_CHANNEL_MEMBERS: Int('Most members a channel:create may name. The gateway needs MAX_PAYLOAD_BYTES of at least this × 39 + 1024 for such a create to fit in a frame.', 1000, 1, 100_000),
   MAX_USER_GROUPS: Int('Most group channels one user may belong to (read by the worker). A channel:create that would take the creator or any named member past it is refused with LIMIT_REACHED and creates nothing. It bounds the channel keys one connect binds, and stops anyone from filling another user\'s list with groups (direct channels, which bind nothing, are not counted).', 1000, 1, 1_000_000),
   SOCKET_RATE_PER_SEC: Int('Events per second a socket may send on average (token bucket); beyond it acks say RATE_LIMITED.', 20, 1, 100_000),
   SOCKET_RATE_BURST: Int('Events a socket may send in a burst before the rate limit applies.', 40, 1, 100_000),
@@ -151,7 +152,8 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
     if (config[name] === '') throw new ConfigError(`${name} is required ${why}`)
   }
   if (config.AMQP_URL === '') {
-    if (production) needs('AMQP_URL', 'in production')
+    // Migrations never touch the broker.
+    if (production && role !== 'migrate') needs('AMQP_URL', 'in production')
     config.AMQP_URL = DEV_AMQP_URL
   }
   if (role === 'gateway') {
@@ -178,6 +180,19 @@ export function loadConfig (role: Role, env: NodeJS.ProcessEnv = process.env): C
   // socket is cut instead of getting VALIDATION.
   if (role === 'gateway' && config.MAX_CONTENT_CHARS * 3 + 1024 > config.MAX_PAYLOAD_BYTES) {
     throw new ConfigError(`MAX_CONTENT_CHARS is invalid (${config.MAX_CONTENT_CHARS}): a message that long can take ${config.MAX_CONTENT_CHARS * 3 + 1024} bytes on the wire; raise MAX_PAYLOAD_BYTES (${config.MAX_PAYLOAD_BYTES}) to at least that, or lower MAX_CONTENT_CHARS`)
+  }
+  // A create naming every allowed member must fit in a frame, or the socket is cut
+  // instead of the create being answered (ids of UUID size: 36 bytes, quotes and comma).
+  if (role === 'gateway' && config.MAX_CHANNEL_MEMBERS * 39 + 1024 > config.MAX_PAYLOAD_BYTES) {
+    throw new ConfigError(`MAX_CHANNEL_MEMBERS is invalid (${config.MAX_CHANNEL_MEMBERS}): a channel:create naming that many UUID-sized user ids takes ${config.MAX_CHANNEL_MEMBERS * 39 + 1024} bytes on the wire; raise MAX_PAYLOAD_BYTES (${config.MAX_PAYLOAD_BYTES}) to at least that, or lower MAX_CHANNEL_MEMBERS`)
+  }
+  // Past the grace the CLI exits 1 mid-drain: the sockets still waiting are all cut at once
+  // (the reconnect storm the window exists to avoid), and the route outlives the gateway.
+  if (role === 'gateway' && config.FASTIFY_CLOSE_GRACE_DELAY !== 0 && config.DRAIN_WINDOW_MS + 5000 > config.FASTIFY_CLOSE_GRACE_DELAY) {
+    throw new ConfigError(`DRAIN_WINDOW_MS is invalid (${config.DRAIN_WINDOW_MS}): it must be at least 5000 ms below FASTIFY_CLOSE_GRACE_DELAY (${config.FASTIFY_CLOSE_GRACE_DELAY}), or the fastify CLI exits 1 in the middle of the drain`)
+  }
+  if (role === 'gateway' && production && config.DEV_TOKENS_ENABLED) {
+    throw new ConfigError('DEV_TOKENS_ENABLED is invalid in production: POST /dev/token would let anyone sign in as anyone')
   }
   if (role === 'gateway' && config.METRICS_PORT !== 0 && config.METRICS_PORT === config.PORT) {
     throw new ConfigError(`METRICS_PORT is invalid (${config.METRICS_PORT}): it must differ from PORT, or be 0 to serve /metrics on PORT`)

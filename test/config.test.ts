@@ -34,6 +34,8 @@ t.test('production refuses development defaults, naming the setting', async (t) 
   t.equal(loadConfig('worker', {}).DATABASE_URL, '', 'development: the embedded database')
   t.equal(loadConfig('worker', {}).DATA_DIR, '.data')
   t.ok(loadConfig('gateway', { NODE_ENV: 'production', AMQP_URL: 'amqps://u:p@h/v', JWT_SECRET: 'x'.repeat(32) }))
+  t.throws(() => loadConfig('gateway', { NODE_ENV: 'production', AMQP_URL: 'amqps://u:p@h/v', JWT_SECRET: 'x'.repeat(32), DEV_TOKENS_ENABLED: 'true' }), /^DEV_TOKENS_ENABLED is invalid in production/)
+  t.equal(loadConfig('migrate', { NODE_ENV: 'production', DATABASE_URL: 'postgres://u@h/db' }).DATABASE_URL, 'postgres://u@h/db', 'migrations need no broker')
 })
 
 t.test('every error is one line', async (t) => {
@@ -48,8 +50,18 @@ t.test('every error is one line', async (t) => {
 
 t.test('settings that contradict each other are refused at start, naming both', async (t) => {
   t.throws(() => loadConfig('gateway', { GATEWAY_MAX_SOCKETS: '100', GATEWAY_READY_SOCKETS: '200' }), /GATEWAY_READY_SOCKETS.*GATEWAY_MAX_SOCKETS/)
-  t.throws(() => loadConfig('gateway', { MAX_CONTENT_CHARS: '10000' }), /MAX_CONTENT_CHARS.*MAX_PAYLOAD_BYTES/)
-  t.equal(loadConfig('gateway', { MAX_CONTENT_CHARS: '10000', MAX_PAYLOAD_BYTES: '31024' }).MAX_CONTENT_CHARS, 10_000, 'fine with a frame big enough')
+  t.throws(() => loadConfig('gateway', { MAX_CONTENT_CHARS: '30000' }), /MAX_CONTENT_CHARS.*MAX_PAYLOAD_BYTES/)
+  t.equal(loadConfig('gateway', { MAX_CONTENT_CHARS: '30000', MAX_PAYLOAD_BYTES: '91024' }).MAX_CONTENT_CHARS, 30_000, 'fine with a frame big enough')
+  // The default member cap must fit in the default frame, and a larger cap needs a larger frame.
+  t.ok(loadConfig('gateway', {}), 'the defaults agree')
+  t.throws(() => loadConfig('gateway', { MAX_CHANNEL_MEMBERS: '5000' }), /MAX_CHANNEL_MEMBERS is invalid \(5000\).*196024 bytes.*MAX_PAYLOAD_BYTES/)
+  t.equal(loadConfig('gateway', { MAX_CHANNEL_MEMBERS: '5000', MAX_PAYLOAD_BYTES: '196024' }).MAX_CHANNEL_MEMBERS, 5000)
+  t.equal(loadConfig('worker', { MAX_CHANNEL_MEMBERS: '100000' }).MAX_CHANNEL_MEMBERS, 100_000, 'the worker has no frames to fit')
+  // Past the CLI's grace the drain is cut short with exit 1.
+  t.throws(() => loadConfig('gateway', { DRAIN_WINDOW_MS: '30000', FASTIFY_CLOSE_GRACE_DELAY: '15000' }), /DRAIN_WINDOW_MS is invalid \(30000\).*FASTIFY_CLOSE_GRACE_DELAY \(15000\)/)
+  t.throws(() => loadConfig('gateway', { DRAIN_WINDOW_MS: '12000', FASTIFY_CLOSE_GRACE_DELAY: '15000' }), /DRAIN_WINDOW_MS is invalid/, 'less than 5 s of margin')
+  t.ok(loadConfig('gateway', { DRAIN_WINDOW_MS: '10000', FASTIFY_CLOSE_GRACE_DELAY: '20000' }), 'what fly.toml sets')
+  t.ok(loadConfig('gateway', { DRAIN_WINDOW_MS: '30000' }), 'a grace given only as -g is not known here')
   t.equal(loadConfig('worker', { MAX_CONTENT_CHARS: '10000' }).MAX_CONTENT_CHARS, 10_000, 'the worker has no frames to fit')
 })
 

@@ -261,7 +261,7 @@ t.test('raw frames that break the Socket.IO protocol cost the sender its connect
 })
 
 t.test('frame and content size limits at the defaults', async (t) => {
-  t.equal(gw.config.MAX_PAYLOAD_BYTES, 16_384)
+  t.equal(gw.config.MAX_PAYLOAD_BYTES, 65_536)
   t.equal(gw.config.MAX_CONTENT_CHARS, 4000)
   const sender = await connectUser(t, gw.url, 'sizer')
   const peer = await connectUser(t, gw.url, 'size-peer')
@@ -274,12 +274,12 @@ t.test('frame and content size limits at the defaults', async (t) => {
 
   const bigText = connectUser(t, gw.url, 'big-text')
   const closedText = disconnected((await bigText).socket)
-  emitRaw((await bigText).socket, 'message:send', { clientMsgId: randomUUID(), toUserId: 'size-peer', content: 'z'.repeat(20_000) })
-  t.match(await closedText, /transport (close|error)/, 'a 20 KB text frame closes the connection')
+  emitRaw((await bigText).socket, 'message:send', { clientMsgId: randomUUID(), toUserId: 'size-peer', content: 'z'.repeat(70_000) })
+  t.match(await closedText, /transport (close|error)/, 'a 70 KB text frame closes the connection')
   const bigBinary = await connectUser(t, gw.url, 'big-binary')
   const closedBinary = disconnected(bigBinary.socket)
-  emitRaw(bigBinary.socket, 'message:send', Buffer.alloc(20_000, 1))
-  t.match(await closedBinary, /transport (close|error)/, 'a 20 KB binary attachment closes the connection')
+  emitRaw(bigBinary.socket, 'message:send', Buffer.alloc(70_000, 1))
+  t.match(await closedBinary, /transport (close|error)/, 'a 70 KB binary attachment closes the connection')
   const flood = await connectUser(t, gw.url, 'many-small')
   t.match(await emitAny(flood.socket, 10_000, 'message:send', ...Array.from({ length: 8 }, () => 'a'.repeat(1500))), { ok: false, error: { code: 'VALIDATION' } },
     'many arguments under the frame limit: VALIDATION')

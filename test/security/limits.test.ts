@@ -25,7 +25,7 @@ const ready = async (url: string) => (await fetch(`${url}/ready`)).status
 t.test('every limit has a sane default and cannot be configured away', async (t) => {
   const c = loadConfig('gateway', {})
   t.match(c, {
-    MAX_PAYLOAD_BYTES: 16_384,
+    MAX_PAYLOAD_BYTES: 65_536,
     MAX_CONTENT_CHARS: 4000,
     MAX_CHANNEL_MEMBERS: 1000,
     MAX_USER_GROUPS: 1000,
@@ -38,6 +38,7 @@ t.test('every limit has a sane default and cannot be configured away', async (t)
     DEV_TOKENS_ENABLED: false
   })
   t.ok(c.MAX_CONTENT_CHARS * 3 + 1024 <= c.MAX_PAYLOAD_BYTES, 'a maximal message of 3-byte characters fits in a frame')
+  t.ok(c.MAX_CHANNEL_MEMBERS * 39 + 1024 <= c.MAX_PAYLOAD_BYTES, 'a create naming the most members allowed fits in a frame')
   t.ok(c.SOCKET_RATE_BURST >= c.SOCKET_RATE_PER_SEC, 'the burst covers at least one second')
   t.ok(c.USER_MAX_SOCKETS < c.GATEWAY_MAX_SOCKETS, 'one user cannot fill a gateway')
   for (const [name, value] of [
@@ -264,7 +265,7 @@ t.test('GATEWAY_READY_SOCKETS defaults to 90% of GATEWAY_MAX_SOCKETS', async (t)
 
 t.test('a frame over MAX_PAYLOAD_BYTES closes that socket; the gateway and other sockets carry on', async (t) => {
   // A maximal message must fit in a frame (checked at start): 300 characters × 3 + 1024 ≤ 2048.
-  const gw = await startTestGateway(t, env, { MAX_PAYLOAD_BYTES: '2048', MAX_CONTENT_CHARS: '300' })
+  const gw = await startTestGateway(t, env, { MAX_PAYLOAD_BYTES: '2048', MAX_CONTENT_CHARS: '300', MAX_CHANNEL_MEMBERS: '25' })
   const big = await connectUser(t, gw.url, 'big-sender')
   const other = await connectUser(t, gw.url, 'bystander')
   t.match(await big.request('message:send', { clientMsgId: randomUUID(), toUserId: 'bystander', content: '€'.repeat(300) }), { ok: true }, 'a maximal message of 3-byte characters: fine')
@@ -337,4 +338,14 @@ t.test('one user cannot fill another\'s channel list: a create past MAX_USER_GRO
   const other = await connectUser(t, gw.url, 'other')
   t.match(await other.request<Ack>('channel:create', { name: 'fine', memberIds: ['bystander'] }), { ok: true }, 'other users still create channels')
   t.match(await other.request<Ack>('channel:create', { name: 'full', memberIds: ['victim'] }), { ok: false, error: { code: 'LIMIT_REACHED', message: /"victim"/ } }, 'anyone naming the full user is told who')
+})
+
+t.test('a channel:create naming MAX_CHANNEL_MEMBERS UUID user ids fits in a frame at the defaults: answered, not cut', async (t) => {
+  const gw = await startTestGateway(t, env)
+  const creator = await connectUser(t, gw.url, 'crowd-maker')
+  let cut = ''
+  creator.socket.on('disconnect', (reason) => { cut = reason })
+  const memberIds = Array.from({ length: gw.config.MAX_CHANNEL_MEMBERS - 1 }, () => randomUUID())
+  t.match(await creator.request<Ack>('channel:create', { name: 'everyone', memberIds }), { ok: true }, `${memberIds.length} members and the creator: created`)
+  t.equal(cut, '', 'the socket was not cut')
 })
