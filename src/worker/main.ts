@@ -3,12 +3,16 @@
  */
 import { configOrExit, fatal, stopWithParent } from '../entry.js'
 import { createLogger } from '../log.js'
+import { checkPortFree } from '../startup.js'
 import { openEmbeddedDatabase } from '../db/client.js'
 import { json, startStatusServer } from '../http/status-server.js'
 import { startWorker } from './worker.js'
 
 const config = configOrExit('worker')
 const log = createLogger('worker', config.LOG_LEVEL)
+// Before anything is consumed: a worker that then failed on its port would hand its
+// sends back, each costing one of the queue's delivery attempts.
+await checkPortFree(config.WORKER_PORT, '0.0.0.0', 'WORKER_PORT').catch((err: Error) => fatal(`worker: ${err.message}`))
 // Without DATABASE_URL the worker owns an embedded database in DATA_DIR (development).
 const embedded = config.DATABASE_URL === ''
   ? await openEmbeddedDatabase(config.DATA_DIR).catch((err: Error) => fatal(`worker: cannot open the embedded database in ${config.DATA_DIR} (${err.message}); is another worker using it?`))
@@ -26,7 +30,7 @@ const server = await startStatusServer(config.WORKER_PORT, '0.0.0.0', {
   '/metrics': async () => ({ status: 200, contentType: worker.metrics.registry.contentType, body: await worker.metrics.registry.metrics() })
 }).catch((err: NodeJS.ErrnoException) => {
   if (err.code === 'EADDRINUSE') fatal(`worker: port ${config.WORKER_PORT} is in use; set WORKER_PORT to a free port`)
-  throw err
+  fatal(`worker: cannot listen on WORKER_PORT ${config.WORKER_PORT} (${err.code ?? err.message}); set WORKER_PORT to a port this user may open`)
 })
 log.info({ port: config.WORKER_PORT, serverId: config.SERVER_ID }, 'worker status endpoint listening')
 

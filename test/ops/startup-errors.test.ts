@@ -63,6 +63,12 @@ t.test('worker', async (t) => {
   // A database that exists but was never migrated: told to migrate, not reported ready.
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres' }), /no chat schema.*npm run db:migrate/)
   oneLine(t, await worker({ DATABASE_URL: 'postgres://postgres:50%off@127.0.0.1:5432/postgres' }), /^config error: DATABASE_URL is invalid: its password has a %/)
+  // The port is checked first, before the worker touches the broker or the database.
+  const workerPort = await freePort()
+  const workerBusy = createServer().listen(workerPort, '0.0.0.0')
+  await new Promise((resolve) => workerBusy.once('listening', resolve))
+  t.teardown(() => { workerBusy.close() })
+  oneLine(t, await worker({ WORKER_PORT: String(workerPort), DATABASE_URL: 'postgres://postgres@127.0.0.1:5432/postgres' }), new RegExp(`port ${workerPort} is already in use.*set WORKER_PORT`))
   // The worker reads ./.env as the fastify CLI does for gateways (values already set win).
   const dir = mkdtempSync(join(tmpdir(), 'chat-dotenv-'))
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
