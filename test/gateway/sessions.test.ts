@@ -10,6 +10,7 @@ import { deliveryEnvelope } from '../../src/broker/deliveries.js'
 import type { Delivery } from '../../src/contracts/envelopes.js'
 import type { Message } from '../../src/contracts/protocol.js'
 import { connectRaw, connectUser, settle } from '../helpers/client.js'
+import { parsePrometheus, sampleValue } from '../helpers/prometheus.js'
 import { createDatabase, createVhost, listBindings, sqlClient } from '../helpers/services.js'
 import { startTestGateway, startTestWorker, waitUntil } from '../helpers/system.js'
 
@@ -171,6 +172,25 @@ t.test('a group message emitted while a session opens reaches the socket live or
   await settle(500)
   const live = alice.messages().filter((m) => m.channelId === created.channelId).map((m) => m.seq)
   t.ok((summary?.lastSeq ?? 0) >= 2 || live.includes(2), `seq 2 is known to alice, live or by lastSeq (ready lastSeq ${summary?.lastSeq}, live ${JSON.stringify(live)})`)
+})
+
+t.test('a delivery of a type this gateway does not know is counted once, as unknown, and reaches no socket', async (t) => {
+  const zed = await connectUser(t, gw.url, 'zed')
+  const count = async () => {
+    const { samples } = parsePrometheus(await (await fetch(`${gw.url}/metrics`)).text())
+    return { unknown: sampleValue(samples, 'chat_gateway_deliveries_total', { type: 'unknown' }) ?? 0, raw: samples.some((s) => s.name === 'chat_gateway_deliveries_total' && s.labels.type === 'from-the-future') }
+  }
+  const before = await count()
+  const rabbit = new Connection(amqpUrl)
+  t.teardown(() => rabbit.close())
+  const pub = rabbit.createPublisher({ confirm: true })
+  t.teardown(() => pub.close())
+  await pub.send({ exchange: 'chat.outgoing', routingKey: 'user:zed' }, { t: 'from-the-future', userId: 'zed' })
+  await waitUntil(async () => (await count()).unknown === before.unknown + 1, 5000, 'counted as unknown')
+  const after = await count()
+  t.equal(after.unknown, before.unknown + 1, 'one count, as unknown')
+  t.notOk(after.raw, 'no label taken from the body')
+  t.same(zed.events.map((e) => e.event).filter((e) => e !== 'session:ready'), [], 'nothing reached the socket')
 })
 
 t.test('a typing notice received more than 5 s after it was sent is dropped; none carries a broker expiration', async (t) => {
