@@ -15,7 +15,7 @@ import { configOrExit, fatal } from './entry.js'
 import { redactUrl } from './log.js'
 import { describeDatabaseFailure } from './startup.js'
 
-const ROOT = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../..' : '..', import.meta.url))
+const ROOT = fileURLToPath(new URL(import.meta.url.includes('/dist/src/') ? '../..' : '..', import.meta.url))
 const { values: args } = parseArgs({
   options: {
     gateways: { type: 'string', default: '2' },

@@ -9,7 +9,7 @@ import { migrate } from 'drizzle-orm/postgres-js/migrator'
 import postgres from 'postgres'
 
 /** migrations/ at the repository root, from src/db or dist/src/db alike. */
-export const MIGRATIONS_FOLDER = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../../migrations' : '../../migrations', import.meta.url))
+export const MIGRATIONS_FOLDER = fileURLToPath(new URL(import.meta.url.includes('/dist/src/') ? '../../../migrations' : '../../migrations', import.meta.url))
 
 export async function runMigrations (url: string): Promise<void> {
   const client = postgres(url, { max: 1, connect_timeout: 5, onnotice: () => {} })

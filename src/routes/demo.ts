@@ -17,7 +17,7 @@ import { errorAck } from '../errors.js'
 /** Dev tokens are short-lived on purpose: the demo fetches a new one on every reconnect. */
 export const DEV_TOKEN_TTL_MS = 3_600_000
 
-const ROOT = fileURLToPath(new URL(import.meta.url.includes('/dist/') ? '../../..' : '../..', import.meta.url))
+const ROOT = fileURLToPath(new URL(import.meta.url.includes('/dist/src/') ? '../../..' : '../..', import.meta.url))
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
   '.js': 'text/javascript; charset=utf-8',
