@@ -8,7 +8,7 @@ import { ChannelTracker, type TrackerStats } from './channel-tracker.js'
 import { ChatError } from './errors.js'
 
 export interface ChannelSyncOptions {
-  /** Latest messages delivered per channel known at the first session. */
+  /** Latest messages delivered per channel known at the first session, when resumeFrom is empty. */
   backlog: number
   resumeFrom: Record<string, number>
   pageSize: number
@@ -33,10 +33,18 @@ export class ChannelSync {
   #me: string | undefined
   /** Failed catch-ups per channel in this session: each retry waits longer. */
   readonly #failures = new Map<string, number>()
+  /**
+   * The app resumes (resumeFrom names a channel): a channel it does not name was joined
+   * since it saved its positions, maybe while it was not running, so it starts from its
+   * first message like one joined while connected, not from the backlog (whose default,
+   * 0, would skip what was posted meanwhile).
+   */
+  readonly #resuming: boolean
 
   constructor (options: ChannelSyncOptions) {
     this.#o = options
     this.#resume = new Map(Object.entries(options.resumeFrom))
+    this.#resuming = this.#resume.size > 0
     this.#tracker = new ChannelTracker({
       pageSize: options.pageSize,
       fetchPage: (channel, afterSeq, limit) => options.fetchPage(historyTarget(channel), afterSeq, limit),
@@ -64,7 +72,7 @@ export class ChannelSync {
 
   /** A channel from the server (session:ready, channel:joined, channels:list): track it, catch up if behind. */
   learn (channel: ChannelSummary, firstSession = false): void {
-    const start = this.#resume.get(channel.id) ?? (firstSession ? Math.max(0, channel.lastSeq - this.#o.backlog) : 0)
+    const start = this.#resume.get(channel.id) ?? (firstSession && !this.#resuming ? Math.max(0, channel.lastSeq - this.#o.backlog) : 0)
     if (!this.#tracker.upsert(channel, start)) {
       if (this.#unnamed.delete(channel.id)) this.#o.joined({ ...(this.#tracker.get(channel.id)?.summary ?? channel) })
       return

@@ -15,9 +15,10 @@ export interface ChatClientOptions {
   /** Where to resume per channel (from `positions()`, say restored from storage). */
   resumeFrom?: Record<string, number>
   /**
-   * For a channel first seen in the client's first session with no `resumeFrom`
-   * position: how many of its latest messages to deliver. Channels that appear later
-   * (joined while connected or while away) are delivered from their first message.
+   * On a first start (empty `resumeFrom`), for each channel of the first session: how
+   * many of its latest messages to deliver. Every other channel (joined while connected
+   * or away, or, when `resumeFrom` names any channel, one it does not name) is delivered
+   * from its first message.
    * @default 0
    */
   backlog?: number

@@ -49,3 +49,25 @@ t.test('such a group forgotten before its summary came is not announced as left'
   t.same(joined, [])
   t.same(left, [], 'the application never heard of it')
 })
+
+t.test('where channels start: the backlog on a first start, their first message for channels joined since the saved positions', async (t) => {
+  const OTHER = '55555555-5555-4555-8555-555555555555'
+  const starts = (resumeFrom: Record<string, number>) => {
+    const fetched: Array<{ channelId: string, afterSeq: number }> = []
+    const s = new ChannelSync({
+      backlog: 5,
+      resumeFrom,
+      pageSize: 100,
+      fetchPage: async (target, afterSeq) => { fetched.push({ channelId: (target as { channelId: string }).channelId, afterSeq }); return [] },
+      message: () => {},
+      joined: () => {},
+      left: () => {},
+      error: (err) => { throw err },
+      retryLater: () => {}
+    })
+    s.opened({ userId: 'bob', serverId: 'gw', channels: [{ id: GROUP, kind: 'group', name: 'a', lastSeq: 40 }, { id: OTHER, kind: 'group', name: 'b', lastSeq: 30 }] })
+    return Object.fromEntries(fetched.map((f) => [f.channelId, f.afterSeq]))
+  }
+  t.same(starts({}), { [GROUP]: 35, [OTHER]: 25 }, 'first start: the latest `backlog` of each')
+  t.same(starts({ [GROUP]: 38 }), { [GROUP]: 38, [OTHER]: 0 }, 'resuming: a saved position, and a channel not saved (joined since) from its first message')
+})
