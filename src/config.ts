@@ -36,7 +36,7 @@ export const ConfigSchema = Type.Object({
     pattern: '^[A-Za-z0-9_.-]{1,64}$',
     default: 'chat'
   }),
-  AMQP_HEARTBEAT_S: Int('AMQP heartbeat in seconds; a dead gateway\'s queue vanishes after about twice this (its keys ROUTE_LEASE_MS later).', 10, 1, 600),
+  AMQP_HEARTBEAT_S: Int('AMQP heartbeat in seconds; a dead gateway\'s queue vanishes after about twice this (its keys ROUTE_LEASE_MS later). A process stopping while the broker is silent (not refusing) waits 2–2.5 heartbeats to notice: above about 10 s, the worker\'s 25 s stop deadline or the gateway\'s grace delay may pass first (exit 1; the broker requeues what was held).', 10, 1, 600),
   SERVER_ID: Type.String({
     description: 'Name of this process in logs, metrics and the AMQP connection name. Default: host name plus a random suffix.',
     pattern: '^[A-Za-z0-9_.:-]{0,100}$',
