@@ -177,7 +177,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
 
   async #open (): Promise<void> {
     this.#reconnectTimer = undefined
-    if (this.#state === 'closed') return
+    if (this.#isClosed()) return
     let url: string
     try {
       url = this.#pickUrl(this.#attempt++)
@@ -249,7 +249,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     this.#early = []
     for (const replay of early) replay()
     // A listener (channel:joined, message) may have closed the client meanwhile.
-    if (this.#state === 'closed' || this.#socket !== socket) return
+    if (this.#isClosed() || this.#socket !== socket) return
     this.#setState('ready', { url: this.#url ?? '' })
     if (this.#isClosed() || this.#socket !== socket) return
     this.emit('ready', ready)
@@ -358,7 +358,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   }
 
   #later (ms: number, fn: () => void | Promise<void>): void {
-    if (this.#state === 'closed') return // close() has cleared the others
+    if (this.#isClosed()) return // close() has cleared the others
     const timer = setTimeout(() => {
       this.#timers.delete(timer)
       void fn()

@@ -86,8 +86,8 @@ export function createChannelsRepository (db: Database) {
     },
 
     /** The channel, if `userId` is a member of it. */
-    async findForMember (channelId: string, userId: string): Promise<ChannelRowLite | undefined> {
-      const [row] = await db.select(summaryColumns)
+    async findForMember (channelId: string, userId: string, executor: Pick<Database, 'select'> = db): Promise<ChannelRowLite | undefined> {
+      const [row] = await executor.select(summaryColumns)
         .from(members)
         .innerJoin(channels, eq(channels.id, members.channelId))
         .where(and(eq(members.channelId, channelId), eq(members.userId, userId)))
@@ -145,10 +145,7 @@ export function createChannelsRepository (db: Database) {
     async leave (channelId: string, userId: string, deadline?: WriteDeadline): Promise<void> {
       await db.transaction(async (tx) => {
         await deadline?.limit(tx)
-        const [channel] = await tx.select({ kind: channels.kind })
-          .from(members)
-          .innerJoin(channels, eq(channels.id, members.channelId))
-          .where(and(eq(members.channelId, channelId), eq(members.userId, userId)))
+        const channel = await this.findForMember(channelId, userId, tx)
         if (channel === undefined) throw new ClientError('FORBIDDEN', 'not a member of this channel')
         if (channel.kind === 'direct') throw new ClientError('VALIDATION', 'a direct conversation cannot be left')
         const gone = await tx.delete(members).where(and(eq(members.channelId, channelId), eq(members.userId, userId))).returning({ userId: members.userId })
