@@ -3,6 +3,7 @@
  * announcing a committed change is slow (a broker under pressure confirms late).
  */
 import t from 'tap'
+import type postgres from 'postgres'
 import { loadConfig } from '../../src/config.js'
 import { openDatabase } from '../../src/db/client.js'
 import { createChannelsRepository } from '../../src/db/repositories/channels.js'
@@ -22,11 +23,27 @@ const handle = openDatabase({ url, max: 4 })
 t.teardown(() => handle.close())
 const sql = sqlClient(t, url)
 
+/**
+ * Runs `take` in a transaction and keeps it open for `ms` after it returns. `held` settles
+ * once the lock is taken: a fixed pause before the caller goes on is not enough on a busy
+ * machine, where the lock can come after the request it is meant to block.
+ */
+const holdLock = (take: (tx: postgres.TransactionSql) => Promise<unknown>, ms: number) => {
+  let onHeld!: () => void
+  const held = new Promise<void>((resolve) => { onHeld = resolve })
+  const done = sql.begin(async (tx) => {
+    await take(tx)
+    onHeld()
+    await sleep(ms)
+  })
+  // A failure to take the lock must not leave the caller waiting on `held`.
+  done.catch(() => onHeld())
+  return { held, done }
+}
+
 /** Holds, for `ms`, the lock a create naming `userId` takes (another create, a slow disk). */
-const holdGroupLock = (userId: string, ms: number) => sql.begin(async (tx) => {
-  await tx`select pg_advisory_xact_lock(${0x63686174}::int, ${hash32(userId) % 64}::int)`
-  await sleep(ms)
-})
+const holdGroupLock = (userId: string, ms: number) =>
+  holdLock((tx) => tx`select pg_advisory_xact_lock(${0x63686174}::int, ${hash32(userId) % 64}::int)`, ms)
 
 t.test('a committed create or leave is answered ok however slowly it is announced, and the database stays up', async (t) => {
   const states: boolean[] = []
@@ -99,11 +116,11 @@ t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the cl
     log: silentLogger,
     onDatabaseState: () => {}
   })
-  const holding = holdGroupLock('tim-ann', 1000)
-  await sleep(100)
+  const holding = holdGroupLock('tim-ann', 2000)
+  await holding.held
   const first = await handler({ op: 'channel.create', userId: 'tim-ann', name: 'team', memberIds: ['tim-bob'] })
   t.match(first.response, { ok: false, error: { code: 'UNAVAILABLE' } }, 'the caller is told it failed')
-  await holding
+  await holding.done
   await sleep(300)
   t.same(await sql`select id from channels where created_by = 'tim-ann'`, [], 'and nothing was created')
   const retry = await handler({ op: 'channel.create', userId: 'tim-ann', name: 'team', memberIds: ['tim-bob'] })
@@ -112,14 +129,11 @@ t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the cl
   t.equal(notices.filter((n) => n.t === 'joined').length, 2, 'announced to both members')
 
   const channelId = (retry.response as { result: { channel: { id: string } } }).result.channel.id
-  const locked = sql.begin(async (tx) => {
-    await tx`select 1 from members where channel_id = ${channelId} and user_id = 'tim-bob' for update`
-    await sleep(1000)
-  })
-  await sleep(100)
+  const locked = holdLock((tx) => tx`select 1 from members where channel_id = ${channelId} and user_id = 'tim-bob' for update`, 2000)
+  await locked.held
   const left = await handler({ op: 'channel.leave', userId: 'tim-bob', channelId })
   t.match(left.response, { ok: false, error: { code: 'UNAVAILABLE' } })
-  await locked
+  await locked.done
   await sleep(300)
   t.equal((await sql`select 1 from members where channel_id = ${channelId} and user_id = 'tim-bob'`).length, 1, 'still a member')
   const again = await handler({ op: 'channel.leave', userId: 'tim-bob', channelId })
@@ -135,11 +149,11 @@ t.test('a gateway that waits less than DB_TIMEOUT_MS is not told UNAVAILABLE for
   const rpc = new WorkerRpc(conn, brokerNames('chat'), 1500)
   t.teardown(() => rpc.close())
   const holding = holdGroupLock('gw-ann', 2500)
-  await sleep(100)
+  await holding.held
   const started = Date.now()
   await t.rejects(rpc.call({ op: 'channel.create', userId: 'gw-ann', name: 'team', memberIds: ['gw-bob'] }), { code: 'UNAVAILABLE' })
   t.ok(Date.now() - started < 1500, `answered by the worker in ${Date.now() - started} ms, before the gateway gave up`)
-  await holding
+  await holding.done
   await sleep(500)
   t.same(await sql`select id from channels where created_by = 'gw-ann'`, [], 'nothing was created behind the UNAVAILABLE')
   const retried = await rpc.call({ op: 'channel.create', userId: 'gw-ann', name: 'team', memberIds: ['gw-bob'] })
