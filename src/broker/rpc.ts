@@ -26,6 +26,13 @@ const REPLY_TO = 'amq.rabbitmq.reply-to'
  */
 export const RPC_TIMEOUT_HEADER = 'x-chat-timeout-ms'
 
+/**
+ * Header of a request: when it was published (Date.now() of the caller). The worker takes
+ * the time since from the caller's timeout: a request that waited in the queue, or in the
+ * worker's prefetch behind slower ones, has that much less time to commit in.
+ */
+export const RPC_SENT_AT_HEADER = 'x-chat-sent-at'
+
 interface Pending {
   resolve: (reply: AsyncMessage) => void
   reject: (err: ClientError) => void
@@ -77,6 +84,7 @@ export class WorkerRpc {
 
   async #send (request: RpcRequest): Promise<unknown> {
     const id = String(++this.#nextId)
+    const started = Date.now()
     const replied = new Promise<AsyncMessage>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id)
@@ -92,13 +100,18 @@ export class WorkerRpc {
         const channel = await this.#ready()
         // Timed out, or the channel was lost, while waiting for it.
         if (!this.#pending.has(id)) return
+        // What is left of the call's time once a channel is had: the request must not
+        // outlive its caller in the queue, nor the worker think it has the whole timeout.
+        const sentAt = Date.now()
+        const left = this.#timeoutMs - (sentAt - started)
+        if (left < 1) return
         await channel.basicPublish({
           exchange: this.#exchange,
           routingKey: ROUTE_RPC,
           replyTo: REPLY_TO,
           correlationId: id,
-          expiration: String(this.#timeoutMs),
-          headers: { [RPC_TIMEOUT_HEADER]: this.#timeoutMs },
+          expiration: String(left),
+          headers: { [RPC_TIMEOUT_HEADER]: left, [RPC_SENT_AT_HEADER]: sentAt },
           contentType: 'application/json'
         }, request)
       } catch (cause) {

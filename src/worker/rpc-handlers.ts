@@ -8,7 +8,7 @@ import { compile } from '../contracts/validate.js'
 import type { ChannelsRepository } from '../db/repositories/channels.js'
 import type { MessagesRepository } from '../db/repositories/messages.js'
 import { writeWithin, type WriteDeadline } from '../db/deadline.js'
-import { describeDbError, isTransientDbError, withDbTimeout } from '../db/errors.js'
+import { describeDbError, isTransientDbError, sqlState, withDbTimeout } from '../db/errors.js'
 import { ClientError } from '../errors.js'
 import type { Logger } from '../log.js'
 
@@ -35,6 +35,9 @@ export interface RpcHandlerDeps {
  */
 const ANNOUNCE_WAIT_MS = 2000
 
+/** How a write bounded by a deadline fails: ours, statement_timeout, lock_timeout. */
+const RAN_OUT_OF_TIME = new Set(['APP_DB_TIMEOUT', '57014', '55P03'])
+
 function announced (announcement: Promise<unknown>, waitMs: number): Promise<unknown> {
   let timer: NodeJS.Timeout | undefined
   return Promise.race([announcement, new Promise((resolve) => { timer = setTimeout(resolve, Math.max(0, Math.min(ANNOUNCE_WAIT_MS, waitMs))) })])
@@ -42,8 +45,9 @@ function announced (announcement: Promise<unknown>, waitMs: number): Promise<unk
 }
 
 /**
- * What a write leaves of the caller's timeout for its commit, the answer's way back and
- * the request's way in (its time in the queue is not known here): 1 s of 5.
+ * What a write leaves of the caller's timeout for its commit, the answer's way back, and
+ * clocks that differ (the time the request waited is measured against the caller's):
+ * 1 s of 5.
  */
 export const answerMarginMs = (callerTimeoutMs: number) => Math.min(1000, Math.floor(callerTimeoutMs / 5))
 
@@ -51,6 +55,8 @@ export const answerMarginMs = (callerTimeoutMs: number) => Math.min(1000, Math.f
 export interface RpcCaller {
   /** How long the caller waits for the answer in all, from the request's header. */
   timeoutMs?: number
+  /** How long ago the caller sent the request (in the queue, in this worker's prefetch). */
+  waitedMs?: number
 }
 
 export function createRpcHandler (deps: RpcHandlerDeps) {
@@ -63,13 +69,31 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
    * the worker or from the gateway's timer) always means nothing changed and a retry is
    * safe. `answerBy` is when the answer must leave.
    */
-  const write = <T>(answerBy: number, run: (deadline: WriteDeadline) => Promise<T>): Promise<T> =>
-    writeWithin(Math.min(deps.dbTimeoutMs, answerBy - Date.now()), run)
+  const write = async <T>(answerBy: number, run: (deadline: WriteDeadline) => Promise<T>): Promise<T> => {
+    const callerMs = answerBy - Date.now()
+    try {
+      return await writeWithin(Math.min(deps.dbTimeoutMs, callerMs), run)
+    } catch (err) {
+      // Out of the caller's time, shorter than DB_TIMEOUT_MS: a lock another create holds,
+      // a request that waited long in the queue. Not the database down: readiness stays.
+      if (callerMs < deps.dbTimeoutMs && RAN_OUT_OF_TIME.has(sqlState(err) ?? '')) {
+        throw new ClientError('UNAVAILABLE', 'the change could not be made in time and was rolled back; retry shortly', { cause: err })
+      }
+      throw err
+    }
+  }
+
+  /** How long this request has for its answer to reach the caller in time; < 1: no time. */
+  const budgetMs = (caller: RpcCaller) => caller.timeoutMs === undefined
+    ? deps.dbTimeoutMs + ANNOUNCE_WAIT_MS
+    : caller.timeoutMs - (caller.waitedMs ?? 0) - answerMarginMs(caller.timeoutMs)
 
   async function execute (req: RpcRequest, caller: RpcCaller): Promise<RpcResults[RpcRequest['op']]> {
-    const answerBy = caller.timeoutMs === undefined
-      ? Date.now() + deps.dbTimeoutMs + ANNOUNCE_WAIT_MS
-      : Date.now() + caller.timeoutMs - answerMarginMs(caller.timeoutMs)
+    const budget = budgetMs(caller)
+    // Its caller has given up or is about to: a write now could commit behind the
+    // UNAVAILABLE the caller was told, and a read would be answered to no one.
+    if (budget < 1) throw new ClientError('UNAVAILABLE', 'the request waited past its caller\'s timeout; nothing was done')
+    const answerBy = Date.now() + budget
     switch (req.op) {
       case 'session.open':
       case 'channels.list':

@@ -11,7 +11,7 @@ import { openConnection } from '../broker/connection.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
 import { isOpen } from '../broker/socket.js'
 import { ConfirmedPublisher } from '../broker/publisher.js'
-import { RPC_TIMEOUT_HEADER } from '../broker/rpc.js'
+import { RPC_SENT_AT_HEADER, RPC_TIMEOUT_HEADER } from '../broker/rpc.js'
 import { brokerNames, consumerTopology, declareTopology, publisherTopology, ROUTE_DEAD } from '../broker/topology.js'
 import { sql } from 'drizzle-orm'
 import { openDatabase, statementRunner, type DatabaseHandle } from '../db/client.js'
@@ -22,7 +22,7 @@ import type { Logger } from '../log.js'
 import { describeDatabaseFailure, StartupError, waitForBroker } from '../startup.js'
 import { Batcher } from './batcher.js'
 import { createWorkerMetrics, type WorkerMetrics } from './metrics.js'
-import { createRpcHandler } from './rpc-handlers.js'
+import { createRpcHandler, type RpcCaller } from './rpc-handlers.js'
 import { GIVE_BACK, SendPipeline, type PendingSend } from './sends.js'
 
 export interface WorkerStatus {
@@ -68,10 +68,18 @@ function consumerChannel (consumer: Consumer): { close: () => Promise<void> } | 
   return ch?.active === true ? ch : undefined
 }
 
-/** The caller's timeout a request carries; absent from gateways older than the header. */
-function callerTimeoutMs (msg: AsyncMessage): number | undefined {
-  const value: unknown = msg.headers?.[RPC_TIMEOUT_HEADER]
-  return typeof value === 'number' && Number.isInteger(value) && value > 0 ? value : undefined
+/**
+ * The caller's timeout a request carries (absent from gateways older than the header), and
+ * how long ago the caller sent it: time in the queue and in this worker's prefetch, which
+ * the write no longer has. Clocks are assumed within answerMarginMs of each other (NTP);
+ * one behind the caller's reads as no wait at all.
+ */
+function callerOf (msg: AsyncMessage): RpcCaller {
+  const timeoutMs: unknown = msg.headers?.[RPC_TIMEOUT_HEADER]
+  if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs) || timeoutMs <= 0) return {}
+  const sentAt: unknown = msg.headers?.[RPC_SENT_AT_HEADER]
+  if (typeof sentAt !== 'number' || !Number.isFinite(sentAt)) return { timeoutMs }
+  return { timeoutMs, waitedMs: Math.min(timeoutMs, Math.max(0, Date.now() - sentAt)) }
 }
 
 export function startWorker ({ config, log, database, defaultMetrics = true }: WorkerOptions): Worker {
@@ -175,7 +183,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
   })
   const onRpc = async (msg: AsyncMessage, reply: (body: unknown) => Promise<void>) => {
     const started = performance.now()
-    const { op, response } = await handleRpc(msg.body, { timeoutMs: callerTimeoutMs(msg) })
+    const { op, response } = await handleRpc(msg.body, callerOf(msg))
     metrics.rpc.inc({ op, outcome: response.ok ? 'ok' : response.error.code })
     metrics.rpcLatency.observe({ op }, (performance.now() - started) / 1000)
     if (msg.replyTo !== undefined) await reply(response)

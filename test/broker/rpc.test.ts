@@ -8,7 +8,7 @@
 import t from 'tap'
 import { Connection } from 'rabbitmq-client'
 import { openConnection } from '../../src/broker/connection.js'
-import { WorkerRpc } from '../../src/broker/rpc.js'
+import { RPC_SENT_AT_HEADER, RPC_TIMEOUT_HEADER, WorkerRpc } from '../../src/broker/rpc.js'
 import { brokerNames, consumerTopology, declareTopology } from '../../src/broker/topology.js'
 import { ClientError } from '../../src/errors.js'
 import { silentLogger } from '../../src/log.js'
@@ -22,7 +22,7 @@ const server = new Connection(url)
 t.teardown(() => server.close())
 await declareTopology(server, names, 1)
 const responder = server.createConsumer({ ...consumerTopology(names, 'rpc'), qos: { prefetchCount: 64 }, concurrency: 32 }, async (req, reply) => {
-  await reply({ ok: true, result: { channels: [], echo: (req.body as { userId: string }).userId } })
+  await reply({ ok: true, result: { channels: [], echo: (req.body as { userId: string }).userId, headers: req.headers, expiration: req.expiration } })
 })
 t.teardown(() => responder.close())
 
@@ -91,4 +91,20 @@ t.test('a call made while the broker is unreachable, or while the link goes sile
   proxy.refuse(true)
   await timed('broker unreachable')
   proxy.refuse(false)
+})
+
+t.test('a request carries what is left of its call\'s time once a channel is had, and when it was sent', async (t) => {
+  const proxy = await startProxy(t, { host: '127.0.0.1', port: AMQP_PORT })
+  proxy.delay(150)
+  const connection = openConnection({ url: viaProxy(url, proxy), name: 'rpc-left', heartbeatSeconds: 10, log: silentLogger })
+  const rpc = new WorkerRpc(connection, names, 5000)
+  t.teardown(async () => { await rpc.close(); await connection.close() })
+  // The first call waits for the connection and the reply channel: several round trips of 300 ms.
+  const started = Date.now()
+  const answer = await rpc.call({ op: 'session.open', userId: 'left' }) as unknown as { headers: Record<string, unknown>, expiration: string }
+  const left = answer.headers[RPC_TIMEOUT_HEADER]
+  const sentAt = answer.headers[RPC_SENT_AT_HEADER]
+  t.ok(typeof left === 'number' && left < 5000 - 500, `${String(left)} ms of 5000 left, after the channel's set-up`)
+  t.equal(answer.expiration, String(left), 'the request expires in the queue when its caller gives up')
+  t.ok(typeof sentAt === 'number' && sentAt >= started + 500 && sentAt <= Date.now(), 'sent once the channel was had')
 })

@@ -11,8 +11,8 @@ import { createMessagesRepository } from '../../src/db/repositories/messages.js'
 import { silentLogger } from '../../src/log.js'
 import { createRpcHandler } from '../../src/worker/rpc-handlers.js'
 import { openConnection } from '../../src/broker/connection.js'
-import { WorkerRpc } from '../../src/broker/rpc.js'
-import { brokerNames } from '../../src/broker/topology.js'
+import { RPC_SENT_AT_HEADER, RPC_TIMEOUT_HEADER, WorkerRpc } from '../../src/broker/rpc.js'
+import { brokerNames, ROUTE_RPC } from '../../src/broker/topology.js'
 import type { Delivery } from '../../src/contracts/envelopes.js'
 import { hash32 } from '../../src/hash.js'
 import { createDatabase, createVhost, sqlClient } from '../helpers/services.js'
@@ -139,6 +139,61 @@ t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the cl
   const again = await handler({ op: 'channel.leave', userId: 'tim-bob', channelId })
   t.same(again.response, { ok: true, result: {} }, 'the retry leaves')
   t.equal(notices.filter((n) => n.t === 'left').length, 1, 'announced once')
+})
+
+t.test('the time a request waited before the worker took it is taken from its write\'s time', async (t) => {
+  const states: boolean[] = []
+  const handler = createRpcHandler({
+    channels: createChannelsRepository(handle.db),
+    messages: createMessagesRepository(handle.db),
+    notify: async () => {},
+    maxChannelMembers: 100,
+    maxUserGroups: 1000,
+    dbTimeoutMs: 10_000,
+    log: silentLogger,
+    onDatabaseState: (up) => states.push(up)
+  })
+  // 5 s from the caller, 3.5 s of them spent in the queue: 0.5 s are left once the answer's
+  // margin is kept, less than the lock is held, so the create gives up rather than commit
+  // after its caller did.
+  const holding = holdGroupLock('wait-ann', 2000)
+  await holding.held
+  const started = Date.now()
+  const late = await handler({ op: 'channel.create', userId: 'wait-ann', name: 'team', memberIds: ['wait-bob'] }, { timeoutMs: 5000, waitedMs: 3500 })
+  const took = Date.now() - started
+  t.match(late.response, { ok: false, error: { code: 'UNAVAILABLE' } })
+  t.ok(took < 1500, `gave up in ${took} ms, before the caller's 1.5 s left`)
+  await holding.done
+  await sleep(300)
+  t.same(await sql`select id from channels where created_by = 'wait-ann'`, [], 'nothing was created')
+
+  const expired = await handler({ op: 'channel.create', userId: 'wait-ann', name: 'team', memberIds: ['wait-bob'] }, { timeoutMs: 5000, waitedMs: 4500 })
+  t.match(expired.response, { ok: false, error: { code: 'UNAVAILABLE', message: /waited past/ } }, 'one whose caller has (almost) given up is not run at all')
+  await sleep(300)
+  t.same(await sql`select id from channels where created_by = 'wait-ann'`, [], 'nothing was created')
+  t.notOk(states.includes(false), 'running out of the caller\'s time is not the database down')
+
+  const fresh = await handler({ op: 'channel.create', userId: 'wait-ann', name: 'team', memberIds: ['wait-bob'] }, { timeoutMs: 5000, waitedMs: 100 })
+  t.match(fresh.response, { ok: true }, 'one with time left is done')
+})
+
+t.test('a worker reads when the request was sent: one that waited most of its caller\'s timeout changes nothing', async (t) => {
+  const amqpUrl = (await createVhost(t)).url
+  await startTestWorker(t, { amqpUrl, databaseUrl: url })
+  const conn = openConnection({ url: amqpUrl, name: 'test-raw-gateway', heartbeatSeconds: 5, log: silentLogger })
+  t.teardown(() => conn.close())
+  const client = conn.createRPCClient({ confirm: true, timeout: 5000 })
+  t.teardown(() => client.close())
+  const send = (sentAgoMs: number) => client.send({
+    exchange: brokerNames('chat').incoming,
+    routingKey: ROUTE_RPC,
+    headers: { [RPC_TIMEOUT_HEADER]: 5000, [RPC_SENT_AT_HEADER]: Date.now() - sentAgoMs }
+  }, { op: 'channel.create', userId: 'raw-ann', name: 'team', memberIds: ['raw-bob'] })
+  const stale = await send(4800)
+  t.match(stale.body, { ok: false, error: { code: 'UNAVAILABLE' } }, 'sent 4.8 s ago with 5 s to answer: refused')
+  t.same(await sql`select id from channels where created_by = 'raw-ann'`, [], 'and nothing was created')
+  const recent = await send(50)
+  t.match(recent.body, { ok: true, result: { channel: { name: 'team' } } }, 'sent just now: done')
 })
 
 t.test('a gateway that waits less than DB_TIMEOUT_MS is not told UNAVAILABLE for a create that then commits', async (t) => {
