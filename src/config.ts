@@ -49,10 +49,10 @@ export const ConfigSchema = Type.Object({
   LISTEN_BACKLOG: Int('Pending TCP connections the gateway\'s listening socket queues (capped by the kernel\'s somaxconn); a reconnect storm overflows Node\'s default of 511.', 4096, 1, 65_535),
   FASTIFY_ADDRESS: Type.String({ description: 'Address the fastify CLI listens on (its own setting, checked here at start); empty means localhost. Use 0.0.0.0 in containers.', default: '' }),
   METRICS_PORT: Int('Port of a separate HTTP listener for /metrics (keep it off the public port in production); 0 serves /metrics on PORT.', 0, 0, 65535),
-  DRAIN_WINDOW_MS: Int('On SIGTERM/SIGINT, sockets are told to reconnect elsewhere and disconnected at random moments spread over this window. Keep it at least 5 s below the fastify CLI grace delay (-g or FASTIFY_CLOSE_GRACE_DELAY).', 5000, 0, 300_000),
+  DRAIN_WINDOW_MS: Int('On SIGTERM/SIGINT, sockets are told to reconnect elsewhere and disconnected at random moments spread over this window. Keep it at least 5 s below the fastify CLI grace delay (FASTIFY_CLOSE_GRACE_DELAY).', 5000, 0, 300_000),
   FASTIFY_CLOSE_GRACE_DELAY: Int('The fastify CLI\'s shutdown grace in ms (its own setting, like -g; checked here at start when set): past it the CLI exits 1 without closing anything. Must exceed DRAIN_WINDOW_MS by at least 5 s. 0 = not set here (the CLI then takes -g, or its default of 500 ms).', 0, 0, 3_600_000),
   GATEWAY_MAX_SOCKETS: Int('Hard cap of sockets on one gateway; beyond it connections are refused (connect_error UNAVAILABLE).', 15_000, 1, 1_000_000),
-  GATEWAY_READY_SOCKETS: Int('Above this many sockets /ready answers 503 so the load balancer sends new clients elsewhere; 0 means 90% of GATEWAY_MAX_SOCKETS (at least 1); at most GATEWAY_MAX_SOCKETS.', 0, 0, 1_000_000),
+  GATEWAY_READY_SOCKETS: Int('At this many sockets or more /ready answers 503 so the load balancer sends new clients elsewhere; 0 means 90% of GATEWAY_MAX_SOCKETS (at least 1); at most GATEWAY_MAX_SOCKETS.', 0, 0, 1_000_000),
   USER_MAX_SOCKETS: Int('Most simultaneous sockets of one user on one gateway; beyond it connections are refused (connect_error RATE_LIMITED).', 20, 1, 10_000),
   JWT_SECRET: Type.String({
     description: 'HS256 secret that signs client tokens (claims `sub` = user id and `exp`, both required), at least 16 characters. Development default: a fixed insecure value. Required in production.',

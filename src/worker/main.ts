@@ -19,7 +19,7 @@ const embedded = config.DATABASE_URL === ''
   : undefined
 if (embedded !== undefined) log.info({ dataDir: config.DATA_DIR }, 'using the embedded database (set DATABASE_URL for PostgreSQL)')
 const worker = startWorker({ config, log, ...(embedded !== undefined ? { database: embedded } : {}) })
-await worker.started.catch((err: Error) => fatal(`worker: ${err.message}`))
+await worker.started.catch((err: Error & { code?: unknown }) => fatal(`worker: ${typeof err.code === 'string' ? `${err.code}: ` : ''}${err.message}`))
 
 const server = await startStatusServer(config.WORKER_PORT, '0.0.0.0', {
   '/health': () => json(200, { ok: true, serverId: config.SERVER_ID, uptimeSeconds: Math.round(process.uptime()) }),

@@ -111,7 +111,7 @@ function baseEnv (env: Env, extra: Record<string, string>): Record<string, strin
 /** A gateway started exactly as `npm start` does: the fastify CLI on the compiled app. */
 export async function spawnGateway (t: Test, env: Env, extra: Record<string, string> = {}): Promise<Proc & { url: string, port: number }> {
   const port = await freePort()
-  const proc = spawnProcess(t, process.execPath, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-g', '15000', '-a', '127.0.0.1', '-o', 'dist/src/app.js'], { ...baseEnv(env, extra), PORT: String(port) })
+  const proc = spawnProcess(t, process.execPath, [`${ROOT}/node_modules/fastify-cli/cli.js`, 'start', '-l', 'warn', '-a', '127.0.0.1', '-o', 'dist/src/app.js'], { FASTIFY_CLOSE_GRACE_DELAY: '15000', ...baseEnv(env, extra), PORT: String(port) })
   const url = `http://127.0.0.1:${port}`
   await waitUntil(async () => {
     if (proc.child.exitCode !== null) throw new Error(`gateway exited: ${proc.output()}`)
