@@ -12,8 +12,12 @@ import { ChannelSync } from './channel-sync.js'
 import { newClientMsgId } from './client-id.js'
 import { TypedEmitter } from './emitter.js'
 import { ChatError, RETRYABLE_SEND_CODES } from './errors.js'
+import { limitConcurrency } from './limiter.js'
 import { normalizeOptions, type ChatClientOptions, type NormalizedOptions } from './options.js'
 import { request, SessionGate, type ClientSocket } from './session-gate.js'
+
+/** history:fetch pages of a catch-up in flight at once: half the gateway's default cap per user. */
+const CATCH_UP_READS = 4
 
 type Timer = ReturnType<typeof setTimeout>
 
@@ -57,6 +61,8 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   #reconnectTimer: Timer | undefined
   /** connect() was called and the first attempt is about to start. */
   #starting = false
+  /** Catch-up reads in flight; the app's own calls are not counted. */
+  readonly #catchUpLimit = limitConcurrency(CATCH_UP_READS)
 
   constructor (options: ChatClientOptions) {
     super()
@@ -65,11 +71,11 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
       backlog: this.#o.backlog,
       resumeFrom: this.#o.resumeFrom,
       pageSize: this.#o.historyPageSize,
-      fetchPage: async (target, afterSeq, limit) => {
+      fetchPage: (target, afterSeq, limit) => this.#catchUpLimit(async () => {
         const socket = this.#gate.current
         if (socket === undefined) throw new ChatError('CLIENT_DISCONNECTED', 'no session')
         return (await this.#request<HistoryResult>(socket, 'history:fetch', { ...target, afterSeq, limit })).messages
-      },
+      }),
       // A listener may close the client in the middle of a catch-up: nothing after that.
       message: (m) => { if (this.#state !== 'closed') this.emit('message', m) },
       joined: (c) => { if (this.#state !== 'closed') this.emit('channel:joined', c) },

@@ -5,6 +5,7 @@ import type { Logger } from '../log.js'
 import type { GatewayBroker } from '../plugins/broker.js'
 import type { GatewayMetrics } from './metrics.js'
 import type { Sessions } from './sessions.js'
+import type { UserRequests } from './user-requests.js'
 import type { AppIo } from './types.js'
 
 export interface GatewayContext {
@@ -13,6 +14,8 @@ export interface GatewayContext {
   broker: GatewayBroker
   bindings: BindingManager
   sessions: Sessions
+  /** Every worker request a client event makes goes through it (see UserRequests). */
+  requests: UserRequests
   metrics: GatewayMetrics
   log: Logger
 }

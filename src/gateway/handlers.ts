@@ -112,7 +112,7 @@ export const routes = {
       throw new ClientError('VALIDATION', 'give exactly one of channelId and withUserId')
     }
     const channelId = p.channelId !== undefined ? memberOf(ctx, socket, p.channelId).id : undefined
-    const { messages } = await ctx.broker.rpc.call({
+    const { messages } = await ctx.requests.run(socket.data.userId, () => ctx.broker.rpc.call({
       op: 'history.fetch',
       userId: socket.data.userId,
       ...(channelId !== undefined ? { channelId } : {}),
@@ -120,12 +120,13 @@ export const routes = {
       ...(p.afterSeq !== undefined ? { afterSeq: p.afterSeq } : {}),
       ...(p.beforeSeq !== undefined ? { beforeSeq: p.beforeSeq } : {}),
       limit: p.limit ?? DEFAULT_HISTORY_LIMIT
-    })
+    }))
     return { messages }
   }),
 
   'channels:list': route(ChannelsListSchema, async (ctx, socket) => {
-    const { channels } = await ctx.broker.rpc.call({ op: 'channels.list', userId: socket.data.userId })
+    const userId = socket.data.userId
+    const { channels } = await ctx.requests.run(userId, () => ctx.broker.rpc.call({ op: 'channels.list', userId }))
     return { channels }
   }),
 
@@ -134,7 +135,7 @@ export const routes = {
       throw new ClientError('VALIDATION', `a channel may name at most ${ctx.config.MAX_CHANNEL_MEMBERS} members`)
     }
     const userId = socket.data.userId
-    const { channel } = await ctx.broker.rpc.call({ op: 'channel.create', userId, name: p.name, memberIds: p.memberIds })
+    const { channel } = await ctx.requests.run(userId, () => ctx.broker.rpc.call({ op: 'channel.create', userId, name: p.name, memberIds: p.memberIds }))
     // Bind here before answering, so the creator can send to it at once.
     await ctx.sessions.joined(userId, channel)
     return { channelId: channel.id }
@@ -143,7 +144,7 @@ export const routes = {
   'channel:leave': route(ChannelLeaveSchema, async (ctx, socket, p) => {
     const { id: channelId } = memberOf(ctx, socket, p.channelId)
     const userId = socket.data.userId
-    await ctx.broker.rpc.call({ op: 'channel.leave', userId, channelId })
+    await ctx.requests.run(userId, () => ctx.broker.rpc.call({ op: 'channel.leave', userId, channelId }))
     await ctx.sessions.left(userId, channelId)
     return {}
   })

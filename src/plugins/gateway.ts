@@ -12,6 +12,7 @@ import { createRecovery } from '../gateway/recovery.js'
 import { sweepSockets } from '../gateway/sweep.js'
 import type { AppSocket } from '../gateway/types.js'
 import type { GatewayContext } from '../gateway/context.js'
+import { UserRequests } from '../gateway/user-requests.js'
 import { createDispatcher } from '../gateway/handle.js'
 import { routes } from '../gateway/handlers.js'
 import { createGatewayMetrics, type GatewayMetrics } from '../gateway/metrics.js'
@@ -40,7 +41,7 @@ export default fp<GatewayPluginOptions>(async (app, { config, defaultMetrics = t
   const log = app.log
   const metrics = createGatewayMetrics({ server_id: config.SERVER_ID, region: config.FLY_REGION }, defaultMetrics)
   const sessions = new Sessions({ io, bindings: app.bindings, rpc: app.broker.rpc, serverId: config.SERVER_ID, log })
-  const ctx: GatewayContext = { config, io, broker: app.broker, bindings: app.bindings, sessions, metrics, log }
+  const ctx: GatewayContext = { config, io, broker: app.broker, bindings: app.bindings, sessions, requests: new UserRequests(config.USER_REQUESTS_WAITING), metrics, log }
   const verify = createTokenVerifier(config)
   let draining = false
 

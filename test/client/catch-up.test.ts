@@ -85,6 +85,22 @@ t.test('a client resuming from saved positions gets exactly what it missed, then
   t.same(bob.client.positions(), { [channelId]: 12 })
 })
 
+t.test('catching up many channels at once stays within the gateway\'s cap of a user\'s waiting requests', async (t) => {
+  const capped = await startTestGateway(t, env, { USER_REQUESTS_WAITING: '4' })
+  const ann = await connectUser(t, gw.url, 'cap-ann')
+  const channels: string[] = []
+  for (let i = 0; i < 12; i++) {
+    const { channelId } = await ann.request<{ channelId: string }>('channel:create', { name: `cap ${i}`, memberIds: ['cap-bob'] })
+    channels.push(channelId)
+    await sendMany(ann, { channelId }, `cap ${i}`, 2)
+  }
+  // Resuming from 0 in each: twelve catch-ups at once, each a history page.
+  const bob = await sdkUser(t, capped.url, 'cap-bob', { resumeFrom: Object.fromEntries(channels.map((id) => [id, 0])) })
+  for (const id of channels) await bob.waitForCount(id, 2)
+  t.same(bob.errors.map((e) => (e as { code?: string }).code), [], 'no read refused RATE_LIMITED, none retried')
+  t.match(bob.client.stats(), { fromHistory: 24 })
+})
+
 t.test('backlog: the first session delivers only the latest messages of known channels', async (t) => {
   const ann = await connectUser(t, gw.url, 'bl-ann')
   const { channelId } = await ann.request<{ channelId: string }>('channel:create', { name: 'backlog', memberIds: ['bl-bob'] })
