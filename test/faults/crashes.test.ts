@@ -4,6 +4,7 @@
  * network that hides its death: its queue goes away within the heartbeat, its clients
  * reconnect to the other gateway and catch up from history.
  */
+import { Connection } from 'rabbitmq-client'
 import t from 'tap'
 import type { Message } from '../../src/contracts/protocol.js'
 import { connectUser } from '../helpers/client.js'
@@ -64,15 +65,35 @@ t.test('SIGKILL a gateway whose death the network hides: queue gone within the h
   await bob.send({ toUserId: 'alice' }, 'hello')
   const first = await alice.waitFor<Message>('message:new', (m) => m.content === 'hello')
 
+  // Timed with a passive declare (a round trip), not rabbitmqctl, which takes seconds on a
+  // busy machine: polling with it measured its own start-up more than the broker. While
+  // the dead gateway's connection lives, its exclusive queue answers RESOURCE_LOCKED.
+  const probe = new Connection(amqpUrl)
+  probe.on('error', () => {})
+  t.teardown(() => probe.close())
+  const queueGone = async () => {
+    try {
+      await probe.queueDeclare({ queue: g1Queue, passive: true })
+      return false
+    } catch (err) {
+      const code = (err as { code?: string }).code
+      if (code === 'NOT_FOUND') return true
+      if (code === 'RESOURCE_LOCKED') return false
+      throw err
+    }
+  }
+  t.equal(await queueGone(), false, 'the probe sees the live gateway\'s queue')
+
   proxy.freeze(true) // the broker sees a silent peer, as when a machine vanishes
   g1.child.kill('SIGKILL')
   await g1.exited
   const killedAt = Date.now()
   for (let i = 0; i < 5; i++) t.equal((await bob.send({ toUserId: 'alice' }, `while gone ${i}`)).ok, true)
-  await waitUntil(async () => !(await listQueues(vhost)).some((q) => q.name === g1Queue), 20_000, 'dead gateway queue removed')
+  await waitUntil(queueGone, 20_000, 'dead gateway queue removed')
   const goneAfter = Date.now() - killedAt
   // RabbitMQ drops a peer after about two missed heartbeats; allow a little more.
   t.ok(goneAfter < 4 * 2000 + 2000, `queue removed ${goneAfter} ms after the kill (heartbeat 2 s)`)
+  t.notOk((await listQueues(vhost)).some((q) => q.name === g1Queue), 'and gone from the broker\'s own list')
 
   const again = await connectUser(t, g2.url, 'alice')
   const direct = again.ready.channels.find((c) => c.id === first.channelId)
