@@ -181,10 +181,14 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
     })
     await storedFirst
     const racing = messages.persistBatch([post('pat', channel.id, 'other'), post('pat', channel.id, 'first', id)])
-    racing.catch(() => {})
+    let racingSettled = false
+    racing.then(() => { racingSettled = true }, () => { racingSettled = true })
     // The racing batch is past its duplicate check once it waits for the holder's channel lock.
-    for (let i = 0; i < 200; i++) {
-      if (await count(db, sql`select count(*) as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`) > 0) break
+    // Waited for, not for 200 polls: on a busy machine those could run out first, and the
+    // holder then committed before the racing batch got there (it found a duplicate instead).
+    const deadline = Date.now() + 15_000
+    while (!racingSettled && await count(db, sql`select count(*) as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`) === 0) {
+      if (Date.now() > deadline) throw new Error('the racing batch neither waited for the channel lock nor finished within 15 s')
       await new Promise((resolve) => setTimeout(resolve, 10))
     }
     release()
