@@ -21,6 +21,25 @@ const message = (channelId: string, seq: number): Message => ({
 })
 type Ack = (answer: object) => void
 const sleep = async (ms: number) => await new Promise((resolve) => setTimeout(resolve, ms))
+/** Polls `what`; a fixed pause says nothing about a loaded machine, where connecting alone can take longer. */
+const until = async (what: () => boolean, label: string, ms = 15_000) => {
+  for (const end = Date.now() + ms; !what(); await sleep(20)) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${label}`)
+  }
+}
+/**
+ * A sync point: the server emits this after its script, and Socket.IO keeps a socket's
+ * packets in order, so once the application got it (and the microtasks queued with it
+ * ran) the client has handled everything the server sent before it.
+ */
+const MARKER = { channelId: '99999999-9999-4999-8999-999999999999', userId: 'marker' }
+const marked = async (c: ChatClient) => {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the server\'s marker never reached the application')), 15_000)
+    const off = c.on('typing', (e) => { if (e.userId === MARKER.userId) { clearTimeout(timer); off(); resolve() } })
+  })
+  await new Promise((resolve) => setImmediate(resolve))
+}
 
 async function server (t: Test, onConnection: (socket: Socket) => void) {
   const http = createServer()
@@ -39,7 +58,10 @@ t.test('a catch-up list answered after channel:left does not bring the left chan
       // The worker read the list before the leave (from another device) committed;
       // the left notice reaches the socket before the RPC answer does.
       socket.emit('channel:left', { channelId: X })
-      setTimeout(() => ack({ ok: true, channels: [group(X, 0)] }), 50)
+      setTimeout(() => {
+        ack({ ok: true, channels: [group(X, 0)] })
+        socket.emit('typing', MARKER)
+      }, 50)
     })
     socket.emit('session:ready', { userId: 'u', serverId: 's', channels: [group(X, 0)] })
     setTimeout(() => socket.emit('session:resync', { reason: 'BROKER_RECONNECTED' }), 50)
@@ -49,7 +71,7 @@ t.test('a catch-up list answered after channel:left does not bring the left chan
   const events: string[] = []
   c.on('channel:joined', (ch) => events.push(`joined ${ch.id.slice(0, 2)}`))
   c.on('channel:left', (id) => events.push(`left ${id.slice(0, 2)}`))
-  await sleep(600)
+  await marked(c) // the list answer was handled
   t.same(events, ['left 11'], 'only the leave is announced')
   t.same(c.channels().map((ch) => ch.id), [], 'the left channel is not tracked again')
 })
@@ -61,6 +83,7 @@ t.test('a catch-up list naming a channel the gateway has not announced yet: join
       // As memberOf() does: the gateway refuses channels it has not learnt of yet.
       if (p.channelId === Y && !known) return ack({ ok: false, error: { code: 'FORBIDDEN', message: 'not a member of this channel' } })
       ack({ ok: true, messages: p.channelId === Y ? [message(Y, 1)] : [] })
+      if (p.channelId === Y) socket.emit('typing', MARKER)
     })
     socket.on('channels:list', (_p: unknown, ack: Ack) => {
       // The worker committed the create; the joined notice is still on its way to this gateway.
@@ -77,7 +100,8 @@ t.test('a catch-up list naming a channel the gateway has not announced yet: join
   c.on('channel:joined', (ch) => events.push(`joined ${ch.id.slice(0, 2)}`))
   c.on('channel:left', (id) => events.push(`left ${id.slice(0, 2)}`))
   c.on('message', (m) => events.push(`message ${m.channelId.slice(0, 2)}/${m.seq}`))
-  await sleep(600)
+  await marked(c) // Y's history, fetched once the gateway knew it, was handled
+  await sleep(300) // and room for a second announcement or a leave
   t.same(events, ['joined 22', 'message 22/1'], 'announced once, never left')
 })
 
@@ -94,7 +118,8 @@ t.test('close() from a message listener while early events replay: the client st
   c.on('state', (s) => states.push(s))
   c.on('ready', () => readies++)
   c.on('message', () => c.close())
-  await sleep(400)
+  await until(() => c.state === 'closed', 'closed')
+  await sleep(300) // room for a ready or a state after close()
   t.equal(c.state, 'closed', `state after close() is ${c.state}`)
   t.equal(readies, 0, 'no ready after close()')
   t.same(states.slice(-1), ['closed'], `states: ${states.join(' → ')}`)
@@ -120,7 +145,8 @@ t.test('close() from an error listener (a refused resync list): no client timer 
   t.teardown(() => { globalThis.setTimeout = realSet; globalThis.clearTimeout = realClear })
   const c = new ChatClient({ url, token: 't', resyncJitterMs: 0, reconnectMinMs: 3000, reconnectMaxMs: 5000 })
   c.on('error', () => { closed = true; c.close() })
-  await sleep(400)
+  await until(() => closed, 'the refused list reported')
+  await sleep(100)
   t.equal(c.state, 'closed')
   t.same([...live.values()], [], 'no timer scheduled by the client after close()')
 })
@@ -139,7 +165,8 @@ t.test('close() from a state listener on "disconnected": the client stays closed
     states.push(s)
     if (s === 'disconnected') c.close() // say, an app that gives up
   })
-  await sleep(600)
+  await until(() => states.includes('disconnected'), 'disconnected')
+  await sleep(1000) // a reconnect is due within 100 ms (reconnectMaxMs): room for it to show
   t.equal(c.state, 'closed', `states: ${states.join(' → ')}`)
   t.equal(connections, 1, 'no new connection after close()')
 })
