@@ -201,13 +201,16 @@ t.test('a gateway that waits less than DB_TIMEOUT_MS is not told UNAVAILABLE for
   await startTestWorker(t, { amqpUrl, databaseUrl: url }) // DB_TIMEOUT_MS: 10 s by default
   const conn = openConnection({ url: amqpUrl, name: 'test-gateway', heartbeatSeconds: 5, log: silentLogger })
   t.teardown(() => conn.close())
-  const rpc = new WorkerRpc(conn, brokerNames('chat'), 1500)
+  // RPC_TIMEOUT_MS's default: the worker keeps answerMarginMs (1 s of 5) for the answer's
+  // way back. At 1.5 s that margin was 300 ms, of which an idle machine already used 200.
+  const rpcTimeoutMs = 5000
+  const rpc = new WorkerRpc(conn, brokerNames('chat'), rpcTimeoutMs)
   t.teardown(() => rpc.close())
-  const holding = holdGroupLock('gw-ann', 2500)
+  const holding = holdGroupLock('gw-ann', rpcTimeoutMs + 1000) // past the worker's deadline (4 s)
   await holding.held
   const started = Date.now()
   await t.rejects(rpc.call({ op: 'channel.create', userId: 'gw-ann', name: 'team', memberIds: ['gw-bob'] }), { code: 'UNAVAILABLE' })
-  t.ok(Date.now() - started < 1500, `answered by the worker in ${Date.now() - started} ms, before the gateway gave up`)
+  t.ok(Date.now() - started < rpcTimeoutMs, `answered by the worker in ${Date.now() - started} ms, before the gateway gave up (${rpcTimeoutMs} ms)`)
   await holding.done
   await sleep(500)
   t.same(await sql`select id from channels where created_by = 'gw-ann'`, [], 'nothing was created behind the UNAVAILABLE')
