@@ -88,6 +88,8 @@ t.test('channels joined and left during the outage are right on the gateway afte
   const joinedAt = dana.events.findIndex((e) => e.event === 'channel:joined' && (e.args[0] as { channel: { id: string } }).channel.id === fresh)
   t.ok(joinedAt < resyncAt, 'before session:resync, so the client refetches with the right channels')
 
+  // The leave's unbind runs after channel:left was told; the broker's list is read once it is done.
+  await waitUntil(() => !cut.app.bindings.isBound(`channel:${old}`) && cut.app.bindings.stats().pending === 0, 10_000, 'the channel left unbound')
   const keys = (await listBindings(vhost, 'chat.outgoing')).filter((b) => b.destination === cut.app.bindings.route).map((b) => b.routingKey)
   t.ok(keys.includes(`channel:${fresh}`), 'the new channel is bound')
   t.notOk(keys.includes(`channel:${old}`), 'the channel left is not')
