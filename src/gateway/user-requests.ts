@@ -34,7 +34,4 @@ export class UserRequests {
       else this.#waiting.set(userId, left)
     }
   }
-
-  /** Users with a request waiting. */
-  get users (): number { return this.#waiting.size }
 }
