@@ -9,6 +9,10 @@
  * since the running one may have read too early; each finished pass emits
  * `session:resync`. Drops come in bursts: a pass starts once they pause for `quietMs`,
  * or `maxWaitMs` after the first, whichever is sooner.
+ *
+ * A pass fails, and is retried, only when the worker answers nothing: one user whose
+ * channels cannot be read is singled out and told to reconnect by Sessions.resync, so
+ * the others still get their pass.
  */
 import type { ServerToClientEvents } from '../contracts/protocol.js'
 import type { Logger } from '../log.js'
@@ -46,8 +50,9 @@ export function createRecovery (o: RecoveryOptions) {
       if (o.stopped()) return false
       try {
         const started = performance.now()
-        const { users } = await o.sessions.resync()
-        o.log.info({ users, reason, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships')
+        const { users, ended } = await o.sessions.resync()
+        // `ended`: sockets of users whose own read kept failing, told to reconnect (Sessions.resync).
+        o.log.info({ users, ended, reason, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships')
         return true
       } catch (err) {
         // Until it succeeds (a worker restarting, a broker alarm): giving up would leave

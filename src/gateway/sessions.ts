@@ -16,6 +16,7 @@ import { CHANNELS_SEQ_MAX_IDS } from '../contracts/envelopes.js'
 import type { ChannelSummary, SessionReady } from '../contracts/protocol.js'
 import { ClientError } from '../errors.js'
 import type { Logger } from '../log.js'
+import { readBisecting } from './bisect.js'
 import { channelRoom, userRoom, type AppIo, type AppSocket } from './types.js'
 
 interface LocalUser {
@@ -47,6 +48,13 @@ const CHANNEL_PREFIX = channelKey('')
 
 /** Users per memberships.list request when re-reading after lost deliveries (a broker outage, a full queue). */
 const RESYNC_CHUNK = 500
+
+/**
+ * Requests at most per chunk when its read fails and is split: enough to single out
+ * three or four users of 500 (about 2 × log2(500) requests each); past it, every user of a
+ * part still failing is ended and reconnects. Without it a chunk could cost 999.
+ */
+const RESYNC_MAX_REQUESTS = 64
 
 export interface SessionsOptions {
   io: AppIo
@@ -184,23 +192,57 @@ export class Sessions {
    * Re-reads the channels of every local user and applies what changed: joined/left
    * notices routed while this gateway had no queue (a broker outage) were dropped by
    * the broker. Sockets are told with channel:joined / channel:left.
+   *
+   * One user's read must not stop the others' (a user in hundreds of thousands of
+   * channels makes the worker refuse, or time out on, every request naming them): a
+   * chunk that fails is read again in halves (src/gateway/bisect.ts), and a user whose
+   * read still fails alone has their sockets ended, so that they reconnect and re-open
+   * a session, which reads their channels on its own. Nobody is ended when the worker
+   * answers nothing at all: that throws, and the pass is retried.
    * @throws ClientError UNAVAILABLE when the worker cannot answer; safe to call again
    */
-  async resync (): Promise<{ users: number }> {
+  async resync (): Promise<{ users: number, ended: number }> {
     const users = [...this.#users.values()]
+    let ended = 0
     for (let i = 0; i < users.length; i += RESYNC_CHUNK) {
-      const chunk = users.slice(i, i + RESYNC_CHUNK)
-      const since = chunk.map((u) => ++u.clock)
-      const { memberships } = await this.#o.rpc.call({ op: 'memberships.list', userIds: chunk.map((u) => u.id) })
-      const listed = new Map(memberships.map((m) => [m.userId, m.channels]))
-      await Promise.all(chunk.map((u, k) => this.#serial(u.id, async (current) => {
-        const channels = listed.get(u.id)
-        // A user who left and came back meanwhile has a new record and its own session.open.
-        if (current !== u || channels === undefined) return
-        await this.#apply(u, channels, since[k]!)
-      })))
+      const { failed } = await readBisecting(users.slice(i, i + RESYNC_CHUNK), (part) => this.#reread(part), {
+        maxRequests: RESYNC_MAX_REQUESTS,
+        inconclusive: (err) => err instanceof ClientError && err.code === 'UNAVAILABLE'
+      })
+      for (const { item, err } of failed) ended += this.#endUnreadable(item, err)
     }
-    return { users: users.length }
+    return { users: users.length, ended }
+  }
+
+  /** Reads the channels of `part` in one request and applies them; rejects if the worker refused or did not answer. */
+  async #reread (part: LocalUser[]): Promise<void> {
+    // A part read again after a failure is a new request: it may only apply what is newer.
+    const since = part.map((u) => ++u.clock)
+    const { memberships } = await this.#o.rpc.call({ op: 'memberships.list', userIds: part.map((u) => u.id) })
+    const listed = new Map(memberships.map((m) => [m.userId, m.channels]))
+    await Promise.all(part.map((u, k) => this.#serial(u.id, async (current) => {
+      const channels = listed.get(u.id)
+      // A user who left and came back meanwhile has a new record and its own session.open.
+      if (current !== u || channels === undefined) return
+      await this.#apply(u, channels, since[k]!)
+    })))
+  }
+
+  /**
+   * A user whose channels could not be re-read: their memberships here may be stale, so
+   * their sockets are ended (`session:end` UNAVAILABLE, as when a session cannot be opened)
+   * and their client reconnects; the new session reads the user's channels alone.
+   * @returns how many sockets were ended
+   */
+  #endUnreadable (u: LocalUser, err: unknown): number {
+    if (this.#users.get(u.id) !== u) return 0
+    const sockets = [...u.sockets]
+    this.#o.log.warn({ err, userId: u.id, sockets: sockets.length }, 'could not re-read a user\'s channels; ending their sockets')
+    for (const socket of sockets) {
+      socket.emit('session:end', { code: 'UNAVAILABLE', message: 'your channels could not be re-read after lost deliveries; reconnect' })
+      socket.disconnect(true)
+    }
+    return sockets.length
   }
 
   /**

@@ -176,6 +176,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     messages,
     maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
     maxUserGroups: config.MAX_USER_GROUPS,
+    maxListedChannels: config.MEMBERSHIPS_MAX_CHANNELS,
     dbTimeoutMs: config.DB_TIMEOUT_MS,
     log,
     onDatabaseState: (up) => setDatabaseState('answers', up),

@@ -24,7 +24,7 @@ function harness (opts: { rereadMs: number, quietMs?: number, maxWaitMs?: number
       passes++
       await sleep(opts.rereadMs)
       running--
-      return { users: 1 }
+      return { users: 1, ended: 0 }
     }
   }
   const recovery = createRecovery({ io, sessions, log: silentLogger, stopped: opts.stopped ?? (() => false), quietMs: opts.quietMs ?? 100, maxWaitMs: opts.maxWaitMs ?? 1000 })

@@ -102,6 +102,10 @@ t.test('a create naming as many members as MAX_CHANNEL_MEMBERS allows (up to 100
   t.match(created.response, { ok: true, result: { channel: { name: 'everyone' } } })
   const listed = await handler({ op: 'memberships.list', userIds: ['big-0', 'big-69999'] })
   t.match(listed.response, { ok: true, result: { memberships: [{ userId: 'big-0', channels: [{ name: 'everyone' }] }, { userId: 'big-69999', channels: [{ name: 'everyone' }] }] } }, 'the last named member is in it too')
+  // MEMBERSHIPS_MAX_CHANNELS: an answer listing more channels in all is refused, coded, not built.
+  const capped = createRpcHandler({ channels: createChannelsRepository(handle.db), messages: createMessagesRepository(handle.db), notify: async () => {}, maxChannelMembers: 1000, maxUserGroups: 1000, maxListedChannels: 1, dbTimeoutMs: 10_000, log: silentLogger, onDatabaseState: () => {} })
+  t.match((await capped({ op: 'memberships.list', userIds: ['big-0', 'big-1'] })).response, { ok: false, error: { code: 'LIMIT_REACHED' } }, 'two channels in all, one allowed')
+  t.match((await capped({ op: 'memberships.list', userIds: ['big-0'] })).response, { ok: true, result: { memberships: [{ userId: 'big-0', channels: [{ name: 'everyone' }] }] } }, 'one is answered')
 })
 
 t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the client\'s retry does it once, announced', async (t) => {

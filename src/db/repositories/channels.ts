@@ -62,10 +62,20 @@ export function createChannelsRepository (db: Database) {
       return rows.map((row) => toSummary(row, userId))
     },
 
-    /** Every channel of each user, oldest first; one entry per distinct user, in the given order. */
-    async listForUsers (userIds: string[]): Promise<Array<{ userId: string, channels: ChannelSummary[] }>> {
+    /**
+     * Every channel of each user, oldest first; one entry per distinct user, in the given order.
+     * @throws ClientError LIMIT_REACHED if they belong to more than `maxChannels` in all: one
+     *   user can be in hundreds of thousands of direct channels, and an answer that big
+     *   outlives its caller's timeout and may pass the broker's message size. Counted first
+     *   (an index-only scan), so the refusal is cheap and comes in time.
+     */
+    async listForUsers (userIds: string[], maxChannels = Number.MAX_SAFE_INTEGER): Promise<Array<{ userId: string, channels: ChannelSummary[] }>> {
       const byUser = new Map(userIds.map((id) => [id, [] as ChannelSummary[]]))
       if (byUser.size === 0) return []
+      const [total] = await db.select({ n: count() }).from(members).where(isAnyOf(members.userId, [...byUser.keys()], 'text'))
+      if ((total?.n ?? 0) > maxChannels) {
+        throw new ClientError('LIMIT_REACHED', `${byUser.size === 1 ? 'this user belongs' : `these ${byUser.size} users belong`} to ${total?.n} channels, more than one answer may list (${maxChannels}); ask for fewer users`)
+      }
       const rows = await db.select({ ...summaryColumns, userId: members.userId })
         .from(members)
         .innerJoin(channels, eq(channels.id, members.channelId))
