@@ -17,9 +17,10 @@ import type { ChannelSummary, SessionReady } from '../contracts/protocol.js'
 import { ClientError } from '../errors.js'
 import type { Logger } from '../log.js'
 import { readBisecting } from './bisect.js'
+import { reading, settled, touch, type ListClock } from './list-clock.js'
 import { channelRoom, userRoom, type AppIo, type AppSocket } from './types.js'
 
-interface LocalUser {
+interface LocalUser extends ListClock {
   id: string
   sockets: Set<AppSocket>
   channels: Map<string, ChannelSummary>
@@ -27,12 +28,8 @@ interface LocalUser {
   tail: Promise<void>
   /** Set once the first session.open answered. */
   loaded: boolean
-  /** Ticks at every joined/left applied and every channel list requested. */
-  clock: number
-  /** `clock` when each channel was last joined or left by a notice (created on first use). */
-  touched?: Map<string, number>
-  /** `clock` at the request of the newest channel list applied; an older one changes no membership. */
-  listedAt: number
+  /** Direct channels learned from live messages (not from a list), oldest first; at most MAX_LIVE_DIRECT (created on first use). */
+  liveDirect?: Set<string>
   /**
    * Groups this user left while here. A group once left is never joined again (there is
    * no invite; a create makes a new channel), so a joined notice for one was queued
@@ -64,10 +61,14 @@ export interface SessionsOptions {
   log: Logger
 }
 
-function touch (user: LocalUser, channelId: string): void {
-  user.clock++
-  ;(user.touched ??= new Map()).set(channelId, user.clock)
-}
+/**
+ * Direct channels a user may learn from live messages per session before the oldest so
+ * learned is forgotten here. A direct channel is created by messaging a fresh id, without
+ * bound; forgotten, it is learned again by its next message (or the next session), and
+ * until then only sends and history by `toUserId`/`withUserId` reach it: by channel id
+ * they are refused (FORBIDDEN).
+ */
+export const MAX_LIVE_DIRECT = 10_000
 
 export class Sessions {
   readonly #users = new Map<string, LocalUser>()
@@ -168,6 +169,7 @@ export class Sessions {
         user.channels.set(channel.id, { ...channel, lastSeq: Math.max(channel.lastSeq, user.channels.get(channel.id)!.lastSeq) })
         return
       }
+      if (channel.kind === 'direct') this.#learnDirect(user, channel.id)
       await this.#gain(user, channel)
       this.#o.io.to(userRoom(userId)).emit('channel:joined', { channel })
     })
@@ -186,6 +188,23 @@ export class Sessions {
       this.#lose(user, channel)
       this.#o.io.to(userRoom(userId)).emit('channel:left', { channelId })
     })
+  }
+
+  /** Counts a direct channel learned live; past MAX_LIVE_DIRECT the oldest so learned is forgotten. */
+  #learnDirect (user: LocalUser, channelId: string): void {
+    const live = user.liveDirect ??= new Set()
+    live.add(channelId)
+    if (live.size <= MAX_LIVE_DIRECT) return
+    const oldest = live.values().next().value as string
+    live.delete(oldest)
+    // Direct channels have no key or room: forgetting one is only this entry.
+    if (user.channels.get(oldest)?.kind === 'direct') user.channels.delete(oldest)
+  }
+
+  /** How many entries a user's per-channel state holds (for tests and diagnostics). */
+  sizes (userId: string): { channels: number, touched: number, liveDirect: number } | undefined {
+    const u = this.#users.get(userId)
+    return u === undefined ? undefined : { channels: u.channels.size, touched: u.touched?.size ?? 0, liveDirect: u.liveDirect?.size ?? 0 }
   }
 
   /**
@@ -218,14 +237,19 @@ export class Sessions {
   async #reread (part: LocalUser[]): Promise<void> {
     // A part read again after a failure is a new request: it may only apply what is newer.
     const since = part.map((u) => ++u.clock)
-    const { memberships } = await this.#o.rpc.call({ op: 'memberships.list', userIds: part.map((u) => u.id) })
-    const listed = new Map(memberships.map((m) => [m.userId, m.channels]))
-    await Promise.all(part.map((u, k) => this.#serial(u.id, async (current) => {
-      const channels = listed.get(u.id)
-      // A user who left and came back meanwhile has a new record and its own session.open.
-      if (current !== u || channels === undefined) return
-      await this.#apply(u, channels, since[k]!)
-    })))
+    part.forEach((u, k) => reading(u, since[k]!))
+    try {
+      const { memberships } = await this.#o.rpc.call({ op: 'memberships.list', userIds: part.map((u) => u.id) })
+      const listed = new Map(memberships.map((m) => [m.userId, m.channels]))
+      await Promise.all(part.map((u, k) => this.#serial(u.id, async (current) => {
+        const channels = listed.get(u.id)
+        // A user who left and came back meanwhile has a new record and its own session.open.
+        if (current !== u || channels === undefined) return
+        await this.#apply(u, channels, since[k]!)
+      })))
+    } finally {
+      part.forEach((u, k) => settled(u, since[k]!))
+    }
   }
 
   /**
@@ -317,23 +341,28 @@ export class Sessions {
     // between the read below and the bind: those channels' lastSeq is read again.
     const mark = bindings.now()
     const since = ++user.clock
-    const opened = await this.#retry(socket, () => rpc.call({ op: 'session.open', userId: user.id }))
-    if (opened === undefined) return false
+    reading(user, since)
     let channels: ChannelSummary[] | undefined
-    await this.#serial(user.id, async (u) => {
-      // Every socket of the user left meanwhile and a new record began: `since` means
-      // nothing to it, and the new record's own sockets open their own sessions.
-      if (u !== user || !socket.connected) return
-      await this.#apply(u, opened.channels, since, socket)
-      u.loaded = true
-      channels = [...u.channels.values()]
-      for (const channel of channels) {
-        if (channel.kind !== 'group') continue
-        void socket.join(channelRoom(channel.id))
-        const seen = this.#emitted.get(channel.id)
-        if (seen !== undefined && seen > channel.lastSeq) channel.lastSeq = seen
-      }
-    })
+    try {
+      const opened = await this.#retry(socket, () => rpc.call({ op: 'session.open', userId: user.id }))
+      if (opened === undefined) return false
+      await this.#serial(user.id, async (u) => {
+        // Every socket of the user left meanwhile and a new record began: `since` means
+        // nothing to it, and the new record's own sockets open their own sessions.
+        if (u !== user || !socket.connected) return
+        await this.#apply(u, opened.channels, since, socket)
+        u.loaded = true
+        channels = [...u.channels.values()]
+        for (const channel of channels) {
+          if (channel.kind !== 'group') continue
+          void socket.join(channelRoom(channel.id))
+          const seen = this.#emitted.get(channel.id)
+          if (seen !== undefined && seen > channel.lastSeq) channel.lastSeq = seen
+        }
+      })
+    } finally {
+      settled(user, since)
+    }
     if (channels === undefined) return false
     const groups = channels.filter((c) => c.kind === 'group')
     // The user key too: a broker outage since `mark` unbound it, and direct messages

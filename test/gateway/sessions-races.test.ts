@@ -9,15 +9,16 @@ import t from 'tap'
 import type { BindingManager } from '../../src/broker/binding-manager.js'
 import type { WorkerRpc } from '../../src/broker/rpc.js'
 import type { ChannelSummary } from '../../src/contracts/protocol.js'
-import { Sessions } from '../../src/gateway/sessions.js'
+import { MAX_LIVE_DIRECT, Sessions } from '../../src/gateway/sessions.js'
 import type { AppIo, AppSocket } from '../../src/gateway/types.js'
 import type { Logger } from '../../src/log.js'
 
-interface Deferred<T> { promise: Promise<T>, resolve: (v: T) => void }
+interface Deferred<T> { promise: Promise<T>, resolve: (v: T) => void, reject: (err: unknown) => void }
 const deferred = <T>(): Deferred<T> => {
   let resolve!: (v: T) => void
-  const promise = new Promise<T>((r) => { resolve = r })
-  return { promise, resolve }
+  let reject!: (err: unknown) => void
+  const promise = new Promise<T>((r, j) => { resolve = r; reject = j })
+  return { promise, resolve, reject }
 }
 const turn = () => new Promise((resolve) => setImmediate(resolve))
 
@@ -201,4 +202,64 @@ t.test('a joined notice consumed after the user left the channel does not bring 
   await h.sessions.left('alice', C1)
   await h.sessions.joined('alice', group(C1))
   t.notOk(h.sessions.channelOf('alice', C1), 'a late joined after the left notice is ignored too')
+})
+
+// ---- what a user who stays connected can make the gateway hold --------------------------
+
+const uuidOf = (i: number) => `00000000-0000-4000-8000-${i.toString(16).padStart(12, '0')}`
+const direct = (i: number): ChannelSummary => ({ id: uuidOf(i), kind: 'direct', name: `peer-${i}`, lastSeq: 1, peerId: `peer-${i}` })
+
+t.test('create-then-leave cycles while connected leave nothing behind in the per-channel clock', async (t) => {
+  const h = harness()
+  await h.opened('alice', [])
+  for (let i = 0; i < 2000; i++) {
+    await h.sessions.joined('alice', group(uuidOf(i)))
+    await h.sessions.left('alice', uuidOf(i))
+  }
+  t.same(h.sessions.sizes('alice'), { channels: 0, touched: 0, liveDirect: 0 }, 'no list in flight: no clock entry kept')
+})
+
+t.test('clock entries are kept while a list is in flight, and still keep it from undoing newer notices', async (t) => {
+  const h = harness()
+  await h.opened('alice', [group(C1)])
+  const reread = h.sessions.resync()
+  await turn()
+  // While the re-read is in flight: C1 left, C2 joined, and many cycles.
+  await h.sessions.left('alice', C1)
+  await h.sessions.joined('alice', group(C2))
+  for (let i = 0; i < 100; i++) {
+    await h.sessions.joined('alice', group(uuidOf(i)))
+    await h.sessions.left('alice', uuidOf(i))
+  }
+  t.equal(h.sessions.sizes('alice')?.touched, 102, 'each matters to the list in flight')
+  h.rereads[0]!.resolve({ memberships: [{ userId: 'alice', channels: [group(C1)] }] }) // read before all of it
+  await reread
+  t.notOk(h.sessions.channelOf('alice', C1), 'the older list does not bring C1 back')
+  t.ok(h.sessions.channelOf('alice', C2), 'nor drop C2')
+  t.equal(h.sessions.sizes('alice')?.touched, 0, 'pruned once the list is applied')
+})
+
+t.test('a re-read that fails leaves no clock entries behind either', async (t) => {
+  const h = harness()
+  await h.opened('alice', [])
+  const reread = h.sessions.resync()
+  await turn()
+  await h.sessions.joined('alice', group(C1))
+  t.equal(h.sessions.sizes('alice')?.touched, 1)
+  h.rereads[0]!.reject(new Error('no answer'))
+  await reread
+  t.equal(h.sessions.sizes('alice')?.touched, 0)
+})
+
+t.test('direct channels learned live are bounded per user; the newest stay usable', async (t) => {
+  const h = harness()
+  await h.opened('alice', [direct(999_999)])
+  for (let i = 0; i < MAX_LIVE_DIRECT + 50; i++) await h.sessions.joined('alice', direct(i))
+  t.equal(h.sessions.sizes('alice')?.liveDirect, MAX_LIVE_DIRECT)
+  t.equal(h.sessions.sizes('alice')?.channels, MAX_LIVE_DIRECT + 1, 'the cap, plus the one from the list')
+  t.ok(h.sessions.channelOf('alice', uuidOf(MAX_LIVE_DIRECT + 49)), 'the newest is known')
+  t.notOk(h.sessions.channelOf('alice', uuidOf(0)), 'the oldest learned live is forgotten')
+  t.ok(h.sessions.channelOf('alice', uuidOf(999_999)), 'one from the session\'s list is kept')
+  await h.sessions.joined('alice', direct(0))
+  t.ok(h.sessions.channelOf('alice', uuidOf(0)), 'its next message teaches it again')
 })
