@@ -1,70 +1,57 @@
 /**
- * Reads a list of items in one request, and when that request fails, in halves, down to
- * the items that fail on their own, so that one item whose read fails (a user in
- * hundreds of thousands of channels: the worker refuses the answer, or it times out)
- * cannot stop the read of the others. Used by the re-read of memberships after lost
- * deliveries (src/gateway/sessions.ts).
+ * Reads a list of items in one request, and when that request is refused, in halves, down
+ * to the items refused on their own, so that one item whose read fails (a user in more
+ * channels than one answer may list, a row the worker cannot read) cannot stop the read
+ * of the others. Used by the re-read of memberships after lost deliveries
+ * (src/gateway/sessions.ts).
  *
  * Bounded: `maxRequests` per call (a list of n items needs at most 2n - 1 without it).
- * When it is spent, every item of a part still failing counts as failed.
+ * When it is spent, every item of a part still refused counts as failed.
  *
- * A failure that says nothing of the items (`inconclusive`: the worker did not answer)
- * may mean the worker is down, and then every half would fail too: once the whole list
- * and both its halves failed that way and nothing was answered, the read gives up and
- * throws, and the caller retries it later; a part that fails inconclusively is counted
- * as failed only if some other part was answered.
+ * A failure that says nothing of the items (`inconclusive`: no answer in time) is not
+ * split and blames no one: the worker may be down or overloaded, which is exactly when
+ * every gateway re-reads at once after a broker outage, and more, smaller requests (or
+ * sending users away to reconnect and open sessions) would only add to its load. Such
+ * items are returned as `unresolved`, for the caller to read again later.
  */
 
 export interface BisectOptions {
   /** Requests at most, the first included. */
   maxRequests: number
-  /** True for a failure that may be the reader's fault, not the items'. */
+  /** True for a failure that may be the reader's fault (no answer), not the items'. */
   inconclusive: (err: unknown) => boolean
 }
 
 export interface BisectResult<T> {
-  /** Items whose read failed on its own (or in a part still failing when the budget ran out). */
+  /** Items refused on their own (or in a part still refused when the budget ran out). */
   failed: Array<{ item: T, err: unknown }>
+  /** Items of parts that got no answer: neither read nor refused. */
+  unresolved: T[]
   requests: number
 }
 
-/**
- * @param read reads one part; resolves once the part is applied, rejects if it could not be read
- * @throws the last inconclusive error when no part could be read and none failed conclusively
- */
+/** @param read reads one part; resolves once the part is applied, rejects if it could not be read */
 export async function readBisecting<T> (items: T[], read: (part: T[]) => Promise<void>, o: BisectOptions): Promise<BisectResult<T>> {
-  const failed: BisectResult<T>['failed'] = []
-  if (items.length === 0) return { failed, requests: 0 }
-  let requests = 0
-  let answered = 0
-  let conclusive = 0
-  let lastErr: unknown
-  let level: T[][] = [items]
+  const result: BisectResult<T> = { failed: [], unresolved: [], requests: 0 }
+  let level: T[][] = items.length === 0 ? [] : [items]
   while (level.length > 0) {
-    requests += level.length
-    // One level at a time, its parts at once: a pass takes at most log2(n) + 1 timeouts.
+    result.requests += level.length
+    // One level at a time, its parts at once: a read takes at most log2(n) + 1 round trips.
     const outcomes = await Promise.all(level.map((part) => read(part).then(() => undefined, (err: unknown) => ({ err }))))
-    const next: Array<{ part: T[], err: unknown }> = []
+    const next: T[][] = []
     for (const [k, outcome] of outcomes.entries()) {
-      if (outcome === undefined) {
-        answered++
-        continue
+      if (outcome === undefined) continue
+      const part = level[k]!
+      if (o.inconclusive(outcome.err)) {
+        result.unresolved.push(...part)
+      } else if (part.length === 1 || result.requests + next.length * 2 + 2 > o.maxRequests) {
+        for (const item of part) result.failed.push({ item, err: outcome.err })
+      } else {
+        const half = Math.ceil(part.length / 2)
+        next.push(part.slice(0, half), part.slice(half))
       }
-      lastErr = outcome.err
-      if (!o.inconclusive(outcome.err)) conclusive++
-      next.push({ part: level[k]!, err: outcome.err })
     }
-    // Three requests (the list, both halves) and not one answered: the reader, not the items.
-    if (answered === 0 && conclusive === 0 && (requests >= 3 || next.every((n) => n.part.length === 1))) throw lastErr
-    level = []
-    for (const { part, err } of next) {
-      if (part.length === 1 || requests + level.length + 2 > o.maxRequests) {
-        for (const item of part) failed.push({ item, err })
-        continue
-      }
-      const half = Math.ceil(part.length / 2)
-      level.push(part.slice(0, half), part.slice(half))
-    }
+    level = next
   }
-  return { failed, requests }
+  return result
 }

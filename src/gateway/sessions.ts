@@ -212,24 +212,32 @@ export class Sessions {
    * notices routed while this gateway had no queue (a broker outage) were dropped by
    * the broker. Sockets are told with channel:joined / channel:left.
    *
-   * One user's read must not stop the others' (a user in hundreds of thousands of
-   * channels makes the worker refuse, or time out on, every request naming them): a
-   * chunk that fails is read again in halves (src/gateway/bisect.ts), and a user whose
-   * read still fails alone has their sockets ended, so that they reconnect and re-open
-   * a session, which reads their channels on its own. Nobody is ended when the worker
-   * answers nothing at all: that throws, and the pass is retried.
+   * One user's read must not stop the others' (the worker refuses every request naming a
+   * user in more channels than MEMBERSHIPS_MAX_CHANNELS, or a row it cannot read): a
+   * chunk refused is read again in halves (src/gateway/bisect.ts), and a user whose read
+   * is still refused alone has their sockets ended, so that they reconnect and re-open
+   * a session, which reads their channels on its own. A part the worker did not answer
+   * in time ends nobody (it may be down or overloaded, as after an outage): the pass
+   * throws once the rest is applied, and is retried.
    * @throws ClientError UNAVAILABLE when the worker cannot answer; safe to call again
    */
   async resync (): Promise<{ users: number, ended: number }> {
     const users = [...this.#users.values()]
     let ended = 0
+    let unresolved = 0
     for (let i = 0; i < users.length; i += RESYNC_CHUNK) {
-      const { failed } = await readBisecting(users.slice(i, i + RESYNC_CHUNK), (part) => this.#reread(part), {
+      const chunk = users.slice(i, i + RESYNC_CHUNK)
+      const read = await readBisecting(chunk, (part) => this.#reread(part), {
         maxRequests: RESYNC_MAX_REQUESTS,
         inconclusive: (err) => err instanceof ClientError && err.code === 'UNAVAILABLE'
       })
-      for (const { item, err } of failed) ended += this.#endUnreadable(item, err)
+      for (const { item, err } of read.failed) ended += this.#endUnreadable(item, err)
+      // Not one answer: the worker is away; the other chunks would each wait a timeout too.
+      if (read.unresolved.length === chunk.length) throw new ClientError('UNAVAILABLE', 'the worker did not answer the re-read of memberships')
+      unresolved += read.unresolved.length
     }
+    // Read what could be read; the pass is retried for the rest (and re-reads everyone).
+    if (unresolved > 0) throw new ClientError('UNAVAILABLE', `the worker did not answer for ${unresolved} of ${users.length} users`)
     return { users: users.length, ended }
   }
 

@@ -1,7 +1,7 @@
 /**
  * The split re-read (src/gateway/bisect.ts) with the reader held in hand: which items
- * count as failed, how many requests it takes, and that a reader that answers nothing
- * (the worker down) fails the whole read instead of blaming every item.
+ * count as failed, how many requests it takes, and that parts that get no answer (the
+ * worker down or overloaded) are neither split nor blamed, only left unresolved.
  * test/faults/unreadable-user.test.ts runs it against RabbitMQ and PostgreSQL.
  */
 import t from 'tap'
@@ -37,21 +37,29 @@ t.test('every user is read but the failing ones, which are named', async (t) => 
   }
 })
 
-t.test('timeouts are blamed on users only once the worker answered something', async (t) => {
+t.test('a part that gets no answer is not split and blames no one: its users are unresolved, the rest read', async (t) => {
   const r = reader(new Set([42]), 'UNAVAILABLE')
-  const { failed } = await readBisecting(users(500), r.fn, { maxRequests: 64, inconclusive })
-  t.same(failed.map((f) => f.item), [42])
-  t.equal(r.read.size, 499)
+  const { failed, unresolved, requests } = await readBisecting(users(500), r.fn, { maxRequests: 64, inconclusive })
+  t.same(failed, [], 'no user blamed for a timeout')
+  t.same(unresolved, users(500), 'the whole chunk is left for the next pass')
+  t.equal(requests, 1, 'not split: an overloaded worker gets no more requests')
+
+  const mixed = reader(new Set([7]))
+  const slow = new Set([300])
+  const { failed: f2, unresolved: u2 } = await readBisecting(users(500), async (part) => {
+    if (part.some((u) => slow.has(u)) && part.length < 500) throw new ClientError('UNAVAILABLE', 'no answer')
+    await mixed.fn(part)
+  }, { maxRequests: 64, inconclusive })
+  t.same(f2.map((f) => f.item), [7], 'the refused user is singled out')
+  t.same(u2, users(500).slice(250), 'the half that got no answer is unresolved, not blamed')
+  t.equal(mixed.read.size, 249, 'the rest of the first half is read')
 })
 
-t.test('a worker that answers nothing: the read throws after three requests, nobody is blamed', async (t) => {
-  const down = async () => { throw new ClientError('UNAVAILABLE', 'no answer') }
+t.test('a worker that answers nothing: one request, nobody blamed, everyone unresolved', async (t) => {
   let calls = 0
-  await t.rejects(readBisecting(users(500), async () => { calls++; await down() }, { maxRequests: 64, inconclusive }), { code: 'UNAVAILABLE' })
-  t.equal(calls, 3, 'the whole chunk and its two halves')
-  calls = 0
-  await t.rejects(readBisecting([7], async () => { calls++; await down() }, { maxRequests: 64, inconclusive }), { code: 'UNAVAILABLE' }, 'one user alone: not blamed either')
-  t.equal(calls, 1)
+  const down = async () => { calls++; throw new ClientError('UNAVAILABLE', 'no answer') }
+  const r = await readBisecting(users(500), down, { maxRequests: 64, inconclusive })
+  t.same({ failed: r.failed, unresolved: r.unresolved.length, calls }, { failed: [], unresolved: 500, calls: 1 })
 })
 
 t.test('the budget bounds the requests; users of parts still failing then count as failed', async (t) => {
