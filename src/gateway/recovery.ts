@@ -6,18 +6,18 @@
  * then tells its sockets to catch up from history (docs/PROTOCOL.md, recovery flow).
  *
  * One re-read runs at a time. A request while one runs asks for another pass after it,
- * since the running one may have read too early; each finished pass emits
- * `session:resync`. Drops come in bursts: a pass starts once they pause for `quietMs`,
- * or `maxWaitMs` after the first, whichever is sooner.
+ * since the running one may have read too early; a pass tells each user's sockets
+ * `session:resync` once that user's channels are re-read. Drops come in bursts: a pass
+ * starts once they pause for `quietMs`, or `maxWaitMs` after the first, whichever is
+ * sooner.
  *
- * A pass fails, and is retried, only when the worker answers nothing: one user whose
- * channels cannot be read is singled out and told to reconnect by Sessions.resync, so
- * the others still get their pass.
+ * Users the worker did not answer for are re-read alone until it does; one the worker
+ * refuses alone is told to reconnect by Sessions.resync; neither holds up the others.
  */
 import type { ServerToClientEvents } from '../contracts/protocol.js'
 import type { Logger } from '../log.js'
 import type { Sessions } from './sessions.js'
-import type { AppIo } from './types.js'
+import { userRoom, type AppIo } from './types.js'
 
 export type ResyncReason = Parameters<ServerToClientEvents['session:resync']>[0]['reason']
 
@@ -45,21 +45,44 @@ export function createRecovery (o: RecoveryOptions) {
   // An outage says more than drops (every key was re-bound): keep it in the reason.
   const merge = (a: ResyncReason | undefined, b: ResyncReason): ResyncReason => a === 'BROKER_RECONNECTED' ? a : b
 
+  /**
+   * Re-reads every local user's channels and tells each user's sockets to catch up as soon
+   * as that user's are right: a part the worker does not answer (one slow read, a worker
+   * restarting) must not keep the others from catching up. Those left unresolved are read
+   * again, alone, until they are (giving up would leave their memberships stale for as
+   * long as they stay connected).
+   * @returns false when the gateway stopped first
+   */
   async function reread (reason: ResyncReason): Promise<boolean> {
+    let only: ReadonlySet<string> | undefined
     for (let attempt = 0; ; attempt++) {
       if (o.stopped()) return false
+      const started = performance.now()
       try {
-        const started = performance.now()
-        const { users, ended } = await o.sessions.resync()
-        // `ended`: sockets of users whose own read kept failing, told to reconnect (Sessions.resync).
-        o.log.info({ users, ended, reason, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships')
-        return true
+        const pass = await o.sessions.resync(only)
+        tell(pass.resolved, reason)
+        // `ended`: sockets of users the worker refused alone, told to reconnect (Sessions.resync).
+        o.log.info({ users: pass.resolved.length, unresolved: pass.unresolved.length, ended: pass.ended, reason, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships')
+        if (pass.unresolved.length === 0) return true
+        only = new Set(pass.unresolved)
+        o.log.warn({ users: only.size, attempt, reason }, 'the worker did not answer for some users; re-reading them')
       } catch (err) {
-        // Until it succeeds (a worker restarting, a broker alarm): giving up would leave
-        // memberships stale for as long as the users stay connected.
-        o.log.warn({ err, attempt, reason }, 'could not re-read channel memberships; retrying')
-        await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** Math.min(attempt, 5))).unref())
+        // Not expected (resync reports what it could not read): the same users again.
+        o.log.error({ err, attempt, reason }, 'could not re-read channel memberships; retrying')
       }
+      await backoff(attempt)
+    }
+  }
+
+  const backoff = (attempt: number) => new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** Math.min(attempt, 5))).unref())
+
+  function tell (userIds: string[], reason: ResyncReason): void {
+    if (userIds.length === 0) return
+    try {
+      o.io.to(userIds.map(userRoom)).emit('session:resync', { reason })
+    } catch (err) {
+      // The memberships are right; a request made meanwhile still gets its pass.
+      o.log.error({ err, reason }, 'could not tell the sockets to catch up')
     }
   }
 
@@ -69,12 +92,6 @@ export function createRecovery (o: RecoveryOptions) {
       for (let next: ResyncReason | undefined = reason; next !== undefined;) {
         again = undefined
         if (!await reread(next)) return
-        try {
-          o.io.local.emit('session:resync', { reason: next })
-        } catch (err) {
-          // The memberships are right; a request made meanwhile still gets its pass.
-          o.log.error({ err, reason: next }, 'could not tell the sockets to catch up')
-        }
         next = again
       }
     } finally {

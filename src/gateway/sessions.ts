@@ -213,32 +213,41 @@ export class Sessions {
    * the broker. Sockets are told with channel:joined / channel:left.
    *
    * One user's read must not stop the others' (the worker refuses every request naming a
-   * user in more channels than MEMBERSHIPS_MAX_CHANNELS, or a row it cannot read): a
-   * chunk refused is read again in halves (src/gateway/bisect.ts), and a user whose read
-   * is still refused alone has their sockets ended, so that they reconnect and re-open
-   * a session, which reads their channels on its own. A part the worker did not answer
-   * in time ends nobody (it may be down or overloaded, as after an outage): the pass
-   * throws once the rest is applied, and is retried.
-   * @throws ClientError UNAVAILABLE when the worker cannot answer; safe to call again
+   * user in more channels than MEMBERSHIPS_MAX_CHANNELS, a row it cannot read, a read too
+   * slow to answer in time): a chunk that fails is read again in halves
+   * (src/gateway/bisect.ts). A user the worker still refuses alone has their sockets
+   * ended, so that they reconnect and re-open a session, which reads their channels on
+   * its own. Users whose part got no answer in time are returned `unresolved`, for the
+   * caller to re-read later; they are never ended (the worker may be overloaded, as when
+   * every gateway re-reads after an outage).
+   * @param only re-read just these users (those a previous pass left unresolved)
+   * @returns users re-read (`resolved`: tell them to catch up), left unresolved, and
+   *   how many sockets were ended
    */
-  async resync (): Promise<{ users: number, ended: number }> {
-    const users = [...this.#users.values()]
-    let ended = 0
-    let unresolved = 0
+  async resync (only?: ReadonlySet<string>): Promise<{ resolved: string[], unresolved: string[], ended: number }> {
+    const users = [...this.#users.values()].filter((u) => only === undefined || only.has(u.id))
+    const out = { resolved: [] as string[], unresolved: [] as string[], ended: 0 }
     for (let i = 0; i < users.length; i += RESYNC_CHUNK) {
       const chunk = users.slice(i, i + RESYNC_CHUNK)
       const read = await readBisecting(chunk, (part) => this.#reread(part), {
         maxRequests: RESYNC_MAX_REQUESTS,
-        inconclusive: (err) => err instanceof ClientError && err.code === 'UNAVAILABLE'
+        inconclusive: (err) => err instanceof ClientError && err.code === 'UNAVAILABLE',
+        definite: (err) => err instanceof ClientError && err.code === 'LIMIT_REACHED'
       })
-      for (const { item, err } of read.failed) ended += this.#endUnreadable(item, err)
-      // Not one answer: the worker is away; the other chunks would each wait a timeout too.
-      if (read.unresolved.length === chunk.length) throw new ClientError('UNAVAILABLE', 'the worker did not answer the re-read of memberships')
-      unresolved += read.unresolved.length
+      const failed = new Set(read.failed.map((f) => f.item))
+      const unresolved = new Set(read.unresolved)
+      for (const { item, err } of read.failed) out.ended += this.#endUnreadable(item, err)
+      for (const u of chunk) {
+        if (unresolved.has(u)) out.unresolved.push(u.id)
+        else if (!failed.has(u)) out.resolved.push(u.id)
+      }
+      // Not one answer: the worker is away, and every other chunk would wait a timeout too.
+      if (read.read === 0 && read.failed.length === 0) {
+        for (const u of users.slice(i + RESYNC_CHUNK)) out.unresolved.push(u.id)
+        break
+      }
     }
-    // Read what could be read; the pass is retried for the rest (and re-reads everyone).
-    if (unresolved > 0) throw new ClientError('UNAVAILABLE', `the worker did not answer for ${unresolved} of ${users.length} users`)
-    return { users: users.length, ended }
+    return out
   }
 
   /** Reads the channels of `part` in one request and applies them; rejects if the worker refused or did not answer. */

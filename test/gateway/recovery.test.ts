@@ -16,7 +16,7 @@ function harness (opts: { rereadMs: number, quietMs?: number, maxWaitMs?: number
   let running = 0
   let maxRunning = 0
   let passes = 0
-  const io = { local: { emit: (_event: string, payload: { reason: string }) => { emits.push(payload.reason) } } } as unknown as AppIo
+  const io = { to: () => ({ emit: (_event: string, payload: { reason: string }) => { emits.push(payload.reason) } }) } as unknown as AppIo
   const sessions = {
     resync: async () => {
       running++
@@ -24,7 +24,7 @@ function harness (opts: { rereadMs: number, quietMs?: number, maxWaitMs?: number
       passes++
       await sleep(opts.rereadMs)
       running--
-      return { users: 1, ended: 0 }
+      return { resolved: ['u1'], unresolved: [], ended: 0 }
     }
   }
   const recovery = createRecovery({ io, sessions, log: silentLogger, stopped: opts.stopped ?? (() => false), quietMs: opts.quietMs ?? 100, maxWaitMs: opts.maxWaitMs ?? 1000 })
@@ -93,4 +93,28 @@ t.test('while the gateway drains, and after close, nothing is re-read', async (t
   await sleep(100)
   t.same(emits, [], 'a drop timer set before close does not fire, requests after close are ignored')
   t.equal(stats().passes, 0)
+})
+
+t.test('users the worker did not answer for do not hold up the others: they are told at once, the rest re-read alone until answered', async (t) => {
+  const told: Array<{ rooms: string[], reason: string }> = []
+  const io = { to: (rooms: string[]) => ({ emit: (_event: string, payload: { reason: string }) => { told.push({ rooms, reason: payload.reason }) } }) } as unknown as AppIo
+  const asked: Array<string[] | undefined> = []
+  let slowAnswers = 2
+  const sessions = {
+    resync: async (only?: ReadonlySet<string>) => {
+      asked.push(only === undefined ? undefined : [...only])
+      if (only === undefined) return { resolved: ['ann', 'bob'], unresolved: ['slow'], ended: 0 }
+      // The slow user's read times out twice more, then is answered.
+      return slowAnswers-- > 0 ? { resolved: [], unresolved: ['slow'], ended: 0 } : { resolved: ['slow'], unresolved: [], ended: 0 }
+    }
+  }
+  const recovery = createRecovery({ io, sessions, log: silentLogger, stopped: () => false, quietMs: 10 })
+  t.teardown(() => recovery.close())
+  recovery.outage()
+  await sleep(100)
+  t.same(told, [{ rooms: ['u:ann', 'u:bob'], reason: 'BROKER_RECONNECTED' }], 'the users re-read are told at once')
+  await sleep(2500)
+  t.same(asked, [undefined, ['slow'], ['slow'], ['slow']], 'then only the unanswered user is read again, until answered')
+  t.same(told[1], { rooms: ['u:slow'], reason: 'BROKER_RECONNECTED' }, 'and is told once answered')
+  t.equal(told.length, 2)
 })
