@@ -84,7 +84,8 @@ export class WorkerRpc {
 
   async #send (request: RpcRequest): Promise<unknown> {
     const id = String(++this.#nextId)
-    const started = Date.now()
+    // Monotonic: a wall-clock step must not change what is left of the call.
+    const started = performance.now()
     const replied = new Promise<AsyncMessage>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id)
@@ -102,9 +103,9 @@ export class WorkerRpc {
         if (!this.#pending.has(id)) return
         // What is left of the call's time once a channel is had: the request must not
         // outlive its caller in the queue, nor the worker think it has the whole timeout.
-        const sentAt = Date.now()
-        const left = this.#timeoutMs - (sentAt - started)
+        const left = Math.floor(this.#timeoutMs - (performance.now() - started))
         if (left < 1) return
+        const sentAt = Date.now()
         await channel.basicPublish({
           exchange: this.#exchange,
           routingKey: ROUTE_RPC,

@@ -120,6 +120,9 @@ export class ChannelSync {
     const e = err instanceof ChatError ? err : new ChatError('INTERNAL', String(err), { cause: err })
     if (e.code === 'FORBIDDEN') return this.forget(channel.id) // no longer a member
     if (e.code === 'CLIENT_DISCONNECTED' || e.code === 'CLIENT_CLOSED') return // the next session:ready fetches again
+    // The user's other clients (tabs, devices) hold the gateway's cap of waiting reads
+    // (USER_REQUESTS_WAITING): wait for a place, which is no fault to report or back off for.
+    if (e.code === 'RATE_LIMITED') return this.#o.retryLater(1, () => { void this.#tracker.fill(channel.id) })
     this.#o.error(e)
     const attempt = (this.#failures.get(channel.id) ?? 0) + 1
     this.#failures.set(channel.id, attempt)

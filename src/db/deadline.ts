@@ -9,10 +9,19 @@ import { DbTimeoutError, withDbTimeout } from './errors.js'
 
 type Executor = Pick<Database, 'execute'>
 
+/**
+ * A write that had its connection, the database answering, and ran past its deadline (a
+ * lock held by another, a long statement). Still a timeout (APP_DB_TIMEOUT), but one a
+ * caller with a deadline of its own need not take for the database being down.
+ */
+export class WriteTooSlowError extends DbTimeoutError {}
+
 export class WriteDeadline {
   /** Date.now() after which the transaction must not commit. */
   readonly at: number
   #state: 'open' | 'committing' | 'abandoned' = 'open'
+  /** The transaction had a connection and the database answered its first statement. */
+  began = false
 
   constructor (at: number) {
     this.at = at
@@ -26,6 +35,7 @@ export class WriteDeadline {
   async limit (tx: Executor): Promise<void> {
     const ms = this.#remainingOrThrow()
     await tx.execute(sql`select set_config('statement_timeout', ${String(ms)}, true), set_config('lock_timeout', ${String(ms)}, true)`)
+    this.began = true
   }
 
   /**
@@ -66,7 +76,7 @@ export async function writeWithin<T> (ms: number, write: (deadline: WriteDeadlin
   } catch (err) {
     if (!(err instanceof DbTimeoutError) || deadline.abandon()) {
       work.catch(() => {}) // it rolls back on its own
-      throw err
+      throw err instanceof DbTimeoutError && deadline.began ? new WriteTooSlowError(err.message, { cause: err }) : err
     }
     return await withDbTimeout(work, ms)
   }

@@ -7,7 +7,7 @@ import { RpcRequestSchema, type Delivery, type RpcRequest, type RpcResponse, typ
 import { compile } from '../contracts/validate.js'
 import type { ChannelsRepository } from '../db/repositories/channels.js'
 import type { MessagesRepository } from '../db/repositories/messages.js'
-import { writeWithin, type WriteDeadline } from '../db/deadline.js'
+import { writeWithin, WriteTooSlowError, type WriteDeadline } from '../db/deadline.js'
 import { describeDbError, isTransientDbError, sqlState, withDbTimeout } from '../db/errors.js'
 import { ClientError } from '../errors.js'
 import type { Logger } from '../log.js'
@@ -37,8 +37,13 @@ export interface RpcHandlerDeps {
  */
 const ANNOUNCE_WAIT_MS = 2000
 
-/** How a write bounded by a deadline fails: ours, statement_timeout, lock_timeout. */
-const RAN_OUT_OF_TIME = new Set(['APP_DB_TIMEOUT', '57014', '55P03'])
+/**
+ * The database's own answers to a write that ran out of its deadline: statement_timeout,
+ * lock_timeout. With WriteTooSlowError, what a slow write looks like; a write that got
+ * no connection in time (APP_DB_TIMEOUT alone) is what a dead database looks like, and
+ * must still report it down.
+ */
+const RAN_OUT_OF_TIME = new Set(['57014', '55P03'])
 
 function announced (announcement: Promise<unknown>, waitMs: number): Promise<unknown> {
   let timer: NodeJS.Timeout | undefined
@@ -76,9 +81,10 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
     try {
       return await writeWithin(Math.min(deps.dbTimeoutMs, callerMs), run)
     } catch (err) {
-      // Out of the caller's time, shorter than DB_TIMEOUT_MS: a lock another create holds,
-      // a request that waited long in the queue. Not the database down: readiness stays.
-      if (callerMs < deps.dbTimeoutMs && RAN_OUT_OF_TIME.has(sqlState(err) ?? '')) {
+      // Out of the caller's time, shorter than DB_TIMEOUT_MS, with the database answering:
+      // a lock another create holds, a request that waited long in the queue. Not the
+      // database down: readiness stays.
+      if (callerMs < deps.dbTimeoutMs && (err instanceof WriteTooSlowError || RAN_OUT_OF_TIME.has(sqlState(err) ?? ''))) {
         throw new ClientError('UNAVAILABLE', 'the change could not be made in time and was rolled back; retry shortly', { cause: err })
       }
       throw err
@@ -93,8 +99,11 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
   async function execute (req: RpcRequest, caller: RpcCaller): Promise<RpcResults[RpcRequest['op']]> {
     const budget = budgetMs(caller)
     // Its caller has given up or is about to: a write now could commit behind the
-    // UNAVAILABLE the caller was told, and a read would be answered to no one.
-    if (budget < 1) throw new ClientError('UNAVAILABLE', 'the request waited past its caller\'s timeout; nothing was done')
+    // UNAVAILABLE the caller was told. Reads are answered anyway: the wait is measured
+    // across two clocks, and a worker clock seconds ahead must not refuse every session
+    // open and history page (an answer nobody waits for costs only itself).
+    const isWrite = req.op === 'channel.create' || req.op === 'channel.leave'
+    if (isWrite && budget < 1) throw new ClientError('UNAVAILABLE', 'the request waited past its caller\'s timeout; nothing was done')
     const answerBy = Date.now() + budget
     switch (req.op) {
       case 'session.open':

@@ -182,9 +182,17 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     onDatabaseState: (up) => setDatabaseState('answers', up),
     notify: (delivery: Delivery) => publisher.publish(deliveryEnvelope(names.outgoing, delivery), delivery, 10_000)
   })
+  let lateWarnedAt = 0
   const onRpc = async (msg: AsyncMessage, reply: (body: unknown) => Promise<void>) => {
     const started = performance.now()
-    const { op, response } = await handleRpc(msg.body, callerOf(msg))
+    const caller = callerOf(msg)
+    // The broker expires a request when its caller gives up: one that seems older is in
+    // this worker's prefetch behind slow ones, or this clock is ahead of the gateway's.
+    if (caller.timeoutMs !== undefined && caller.waitedMs === caller.timeoutMs && Date.now() - lateWarnedAt > 60_000) {
+      lateWarnedAt = Date.now()
+      log.warn({ timeoutMs: caller.timeoutMs }, 'requests reach the worker after their caller gave up: it is far behind, or its clock is ahead of the gateways\' (check NTP); their creates and leaves are refused')
+    }
+    const { op, response } = await handleRpc(msg.body, caller)
     metrics.rpc.inc({ op, outcome: response.ok ? 'ok' : response.error.code })
     metrics.rpcLatency.observe({ op }, (performance.now() - started) / 1000)
     if (msg.replyTo !== undefined) await reply(response)

@@ -95,10 +95,16 @@ t.test('catching up many channels at once stays within the gateway\'s cap of a u
     await sendMany(ann, { channelId }, `cap ${i}`, 2)
   }
   // Resuming from 0 in each: twelve catch-ups at once, each a history page.
-  const bob = await sdkUser(t, capped.url, 'cap-bob', { resumeFrom: Object.fromEntries(channels.map((id) => [id, 0])) })
+  const resumeFrom = Object.fromEntries(channels.map((id) => [id, 0]))
+  const bob = await sdkUser(t, capped.url, 'cap-bob', { resumeFrom })
   for (const id of channels) await bob.waitForCount(id, 2)
   t.same(bob.errors.map((e) => (e as { code?: string }).code), [], 'no read refused RATE_LIMITED, none retried')
   t.match(bob.client.stats(), { fromHistory: 24 })
+  // Two more tabs of the same user at once: together past the gateway's cap.
+  const tabs = await Promise.all([sdkUser(t, capped.url, 'cap-bob', { resumeFrom }), sdkUser(t, capped.url, 'cap-bob', { resumeFrom })])
+  for (const tab of tabs) for (const id of channels) await tab.waitForCount(id, 2)
+  t.same(tabs.flatMap((tab) => tab.errors.map((e) => (e as { code?: string }).code)), [], 'a page refused because other tabs hold the cap waits for a place, with no error')
+  t.ok(tabs.every((tab) => tab.of(channels[0]!).length === 2), 'and each tab gets every message once')
 })
 
 t.test('backlog: the first session delivers only the latest messages of known channels', async (t) => {

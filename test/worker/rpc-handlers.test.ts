@@ -2,6 +2,7 @@
  * The worker's request handlers on a real database: what a gateway is answered when
  * announcing a committed change is slow (a broker under pressure confirms late).
  */
+import { createServer, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import type postgres from 'postgres'
 import { loadConfig } from '../../src/config.js'
@@ -176,9 +177,39 @@ t.test('the time a request waited before the worker took it is taken from its wr
   await sleep(300)
   t.same(await sql`select id from channels where created_by = 'wait-ann'`, [], 'nothing was created')
   t.notOk(states.includes(false), 'running out of the caller\'s time is not the database down')
+  const read = await handler({ op: 'channels.list', userId: 'wait-ann' }, { timeoutMs: 5000, waitedMs: 5000 })
+  t.match(read.response, { ok: true }, 'a read is answered however long it seems to have waited: a worker clock ahead must not refuse every read')
 
   const fresh = await handler({ op: 'channel.create', userId: 'wait-ann', name: 'team', memberIds: ['wait-bob'] }, { timeoutMs: 5000, waitedMs: 100 })
   t.match(fresh.response, { ok: true }, 'one with time left is done')
+})
+
+t.test('a write that gets no connection in time still reports the database down, whoever\'s deadline it ran out of', async (t) => {
+  // A server that accepts and never answers: a database behind a dead proxy.
+  const held = new Set<Socket>()
+  const silent = createServer((socket) => { held.add(socket) })
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+  const dead = openDatabase({ url: `postgres://postgres@127.0.0.1:${(silent.address() as AddressInfo).port}/none`, max: 1 })
+  t.teardown(async () => {
+    // The client first: it would connect again to replace a socket destroyed under it.
+    await dead.close()
+    for (const socket of held) socket.destroy()
+    await new Promise<void>((resolve) => silent.close(() => resolve()))
+  })
+  const states: boolean[] = []
+  const handler = createRpcHandler({
+    channels: createChannelsRepository(dead.db),
+    messages: createMessagesRepository(dead.db),
+    notify: async () => {},
+    maxChannelMembers: 100,
+    maxUserGroups: 1000,
+    dbTimeoutMs: 10_000,
+    log: silentLogger,
+    onDatabaseState: (up) => states.push(up)
+  })
+  const answer = await handler({ op: 'channel.create', userId: 'dead-ann', name: 'team', memberIds: [] }, { timeoutMs: 2000, waitedMs: 0 })
+  t.match(answer.response, { ok: false, error: { code: 'UNAVAILABLE' } })
+  t.same(states, [false], 'reported down')
 })
 
 t.test('a worker reads when the request was sent: one that waited most of its caller\'s timeout changes nothing', async (t) => {
