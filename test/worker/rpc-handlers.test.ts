@@ -6,11 +6,11 @@ import { createServer, type AddressInfo, type Socket } from 'node:net'
 import t from 'tap'
 import type postgres from 'postgres'
 import { loadConfig } from '../../src/config.js'
-import { openDatabase } from '../../src/db/client.js'
+import { openDatabase, type Database } from '../../src/db/client.js'
 import { createChannelsRepository } from '../../src/db/repositories/channels.js'
 import { createMessagesRepository } from '../../src/db/repositories/messages.js'
 import { silentLogger } from '../../src/log.js'
-import { createRpcHandler } from '../../src/worker/rpc-handlers.js'
+import { createRpcHandler, type RpcHandlerDeps } from '../../src/worker/rpc-handlers.js'
 import { openConnection } from '../../src/broker/connection.js'
 import { RPC_SENT_AT_HEADER, RPC_TIMEOUT_HEADER, WorkerRpc } from '../../src/broker/rpc.js'
 import { brokerNames, ROUTE_RPC } from '../../src/broker/topology.js'
@@ -40,6 +40,21 @@ const holdLock = (take: (tx: postgres.TransactionSql) => Promise<unknown>, ms: n
   // A failure to take the lock must not leave the caller waiting on `held`.
   done.catch(() => onHeld())
   return { held, done }
+}
+
+/** A handler on `db` (the test database unless given) with the settings these tests share. */
+function handlerWith ({ db = handle.db, ...deps }: Partial<RpcHandlerDeps> & { db?: Database } = {}) {
+  return createRpcHandler({
+    channels: createChannelsRepository(db),
+    messages: createMessagesRepository(db),
+    notify: async () => {},
+    maxChannelMembers: 100,
+    maxUserGroups: 1000,
+    dbTimeoutMs: 10_000,
+    log: silentLogger,
+    onDatabaseState: () => {},
+    ...deps
+  })
 }
 
 /** Holds, for `ms`, the lock a create naming `userId` takes (another create, a slow disk). */
@@ -148,16 +163,7 @@ t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the cl
 
 t.test('the time a request waited before the worker took it is taken from its write\'s time', async (t) => {
   const states: boolean[] = []
-  const handler = createRpcHandler({
-    channels: createChannelsRepository(handle.db),
-    messages: createMessagesRepository(handle.db),
-    notify: async () => {},
-    maxChannelMembers: 100,
-    maxUserGroups: 1000,
-    dbTimeoutMs: 10_000,
-    log: silentLogger,
-    onDatabaseState: (up) => states.push(up)
-  })
+  const handler = handlerWith({ onDatabaseState: (up) => states.push(up) })
   // 5 s from the caller, 3.5 s of them spent in the queue: 0.5 s are left once the answer's
   // margin is kept, less than the lock is held, so the create gives up rather than commit
   // after its caller did.
@@ -197,16 +203,7 @@ t.test('a write that gets no connection in time still reports the database down,
     await new Promise<void>((resolve) => silent.close(() => resolve()))
   })
   const states: boolean[] = []
-  const handler = createRpcHandler({
-    channels: createChannelsRepository(dead.db),
-    messages: createMessagesRepository(dead.db),
-    notify: async () => {},
-    maxChannelMembers: 100,
-    maxUserGroups: 1000,
-    dbTimeoutMs: 10_000,
-    log: silentLogger,
-    onDatabaseState: (up) => states.push(up)
-  })
+  const handler = handlerWith({ db: dead.db, onDatabaseState: (up) => states.push(up) })
   const answer = await handler({ op: 'channel.create', userId: 'dead-ann', name: 'team', memberIds: [] }, { timeoutMs: 2000, waitedMs: 0 })
   t.match(answer.response, { ok: false, error: { code: 'UNAVAILABLE' } })
   t.same(states, [false], 'reported down')
