@@ -76,3 +76,11 @@ t.test('nothing but src/config.ts reads process.env', async (t) => {
   const hits = execFileSync('grep', ['-rln', 'process\\.env', 'src'], { cwd: new URL('..', import.meta.url) }).toString().trim().split('\n')
   t.same(hits, ['src/config.ts'])
 })
+
+t.test('the benchmark starts its gateways with settings the gateway accepts', async (t) => {
+  // A rule added to the config once refused the harness's own settings, unnoticed until a benchmark ran.
+  const { gatewayEnv } = await import('../bench/lib/processes.js')
+  const env = gatewayEnv({ amqpUrl: 'amqp://guest:guest@127.0.0.1:5672', databaseUrl: 'postgres://postgres@127.0.0.1:5432/x', prefix: 'bench' })
+  t.doesNotThrow(() => loadConfig('gateway', env))
+  t.doesNotThrow(() => loadConfig('gateway', { ...env, GATEWAY_MAX_SOCKETS: '19500' }), 'and with the idle scenario\'s socket cap')
+})

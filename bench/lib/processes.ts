@@ -135,7 +135,7 @@ export function gatewayEnv (sys: SystemEnv, extra: Record<string, string> = {}):
     SOCKET_RATE_BURST: '100000',
     // Stopped by the harness: no drain, and a short grace (a gateway refuses a drain window the grace cannot hold).
     DRAIN_WINDOW_MS: '0',
-    FASTIFY_CLOSE_GRACE_DELAY: '3000',
+    FASTIFY_CLOSE_GRACE_DELAY: '5000',
     ...extra
   }
 }
