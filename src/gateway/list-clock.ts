@@ -26,9 +26,15 @@ export function touch (user: ListClock, channelId: string): void {
   ;(user.touched ??= new Map()).set(channelId, user.clock)
 }
 
-/** A channel list requested at `since` is about to be sent. */
-export function reading (user: ListClock, since: number): void {
-  (user.reading ??= new Set()).add(since)
+/**
+ * A channel list is about to be requested: ticks the clock and keeps the list in flight
+ * until settled().
+ * @returns `since`, the list's place among the user's notices
+ */
+export function reading (user: ListClock): number {
+  const since = ++user.clock
+  ;(user.reading ??= new Set()).add(since)
+  return since
 }
 
 /**

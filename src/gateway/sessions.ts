@@ -253,8 +253,7 @@ export class Sessions {
   /** Reads the channels of `part` in one request and applies them; rejects if the worker refused or did not answer. */
   async #reread (part: LocalUser[]): Promise<void> {
     // A part read again after a failure is a new request: it may only apply what is newer.
-    const since = part.map((u) => ++u.clock)
-    part.forEach((u, k) => reading(u, since[k]!))
+    const since = part.map((u) => reading(u))
     try {
       const { memberships } = await this.#o.rpc.call({ op: 'memberships.list', userIds: part.map((u) => u.id) })
       const listed = new Map(memberships.map((m) => [m.userId, m.channels]))
@@ -357,8 +356,7 @@ export class Sessions {
     // Anything routed to channel keys bound after this instant may have been missed
     // between the read below and the bind: those channels' lastSeq is read again.
     const mark = bindings.now()
-    const since = ++user.clock
-    reading(user, since)
+    const since = reading(user)
     let channels: ChannelSummary[] | undefined
     try {
       const opened = await this.#retry(socket, () => rpc.call({ op: 'session.open', userId: user.id }))
