@@ -21,8 +21,8 @@ export interface RpcHandlerDeps {
   notify: (delivery: Delivery) => Promise<void>
   maxChannelMembers: number
   maxUserGroups: number
-  /** Most channels one memberships.list answer may list (MEMBERSHIPS_MAX_CHANNELS). @default 100_000 */
-  maxListedChannels?: number
+  /** Most channels one memberships.list answer may list (MEMBERSHIPS_MAX_CHANNELS). */
+  maxListedChannels: number
   dbTimeoutMs: number
   log: Logger
   onDatabaseState: (up: boolean) => void
@@ -110,7 +110,7 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
       case 'channels.list':
         return { channels: await db(deps.channels.listForUser(req.userId)) }
       case 'memberships.list':
-        return { memberships: await db(deps.channels.listForUsers(req.userIds, deps.maxListedChannels ?? 100_000)) }
+        return { memberships: await db(deps.channels.listForUsers(req.userIds, deps.maxListedChannels)) }
       case 'channels.seq':
         return { seqs: await db(deps.channels.seqsForUser(req.userId, req.channelIds)) }
       case 'history.fetch':

@@ -53,6 +53,7 @@ function handlerWith ({ db = handle.db, ...deps }: Partial<RpcHandlerDeps> & { d
     dbTimeoutMs: 10_000,
     log: silentLogger,
     onDatabaseState: () => {},
+    maxListedChannels: 100_000,
     ...deps
   })
 }
@@ -63,16 +64,7 @@ const holdGroupLock = (userId: string, ms: number) =>
 
 t.test('a committed create or leave is answered ok however slowly it is announced, and the database stays up', async (t) => {
   const states: boolean[] = []
-  const handler = createRpcHandler({
-    channels: createChannelsRepository(handle.db),
-    messages: createMessagesRepository(handle.db),
-    notify: () => sleep(600),
-    maxChannelMembers: 100,
-    maxUserGroups: 1000,
-    dbTimeoutMs: 300,
-    log: silentLogger,
-    onDatabaseState: (up) => states.push(up)
-  })
+  const handler = handlerWith({ notify: () => sleep(600), dbTimeoutMs: 300, onDatabaseState: (up) => states.push(up) })
   const created = await handler({ op: 'channel.create', userId: 'ann', name: 'slow news', memberIds: ['bob'] })
   t.match(created.response, { ok: true, result: { channel: { name: 'slow news' } } })
   const channelId = (created.response as { result: { channel: { id: string } } }).result.channel.id
@@ -84,16 +76,8 @@ t.test('a committed create or leave is answered ok however slowly it is announce
 })
 
 t.test('an announcement the broker confirms late does not hold the answer past the gateway\'s RPC timeout', async (t) => {
-  const handler = createRpcHandler({
-    channels: createChannelsRepository(handle.db),
-    messages: createMessagesRepository(handle.db),
-    notify: () => sleep(6000), // within the worker's own 10 s publish timeout, past the gateway's 5 s
-    maxChannelMembers: 100,
-    maxUserGroups: 1000,
-    dbTimeoutMs: 5000,
-    log: silentLogger,
-    onDatabaseState: () => {}
-  })
+  // The announcement is confirmed within the worker's own 10 s publish timeout, past the gateway's 5 s.
+  const handler = handlerWith({ notify: () => sleep(6000), dbTimeoutMs: 5000 })
   const started = Date.now()
   const created = await handler({ op: 'channel.create', userId: 'cy', name: 'late news', memberIds: ['dee'] })
   t.match(created.response, { ok: true })
@@ -102,16 +86,7 @@ t.test('an announcement the broker confirms late does not hold the answer past t
 
 t.test('a create naming as many members as MAX_CHANNEL_MEMBERS allows (up to 100,000) succeeds', async (t) => {
   const config = loadConfig('worker', { MAX_CHANNEL_MEMBERS: '100000' })
-  const handler = createRpcHandler({
-    channels: createChannelsRepository(handle.db),
-    messages: createMessagesRepository(handle.db),
-    notify: async () => {},
-    maxChannelMembers: config.MAX_CHANNEL_MEMBERS,
-    maxUserGroups: 1000,
-    dbTimeoutMs: 10_000,
-    log: silentLogger,
-    onDatabaseState: () => {}
-  })
+  const handler = handlerWith({ maxChannelMembers: config.MAX_CHANNEL_MEMBERS })
   // Past the 65,535 bind parameters one statement may carry.
   const memberIds = Array.from({ length: 70_000 }, (_, i) => `big-${i}`)
   const created = await handler({ op: 'channel.create', userId: 'big-owner', name: 'everyone', memberIds })
@@ -119,23 +94,14 @@ t.test('a create naming as many members as MAX_CHANNEL_MEMBERS allows (up to 100
   const listed = await handler({ op: 'memberships.list', userIds: ['big-0', 'big-69999'] })
   t.match(listed.response, { ok: true, result: { memberships: [{ userId: 'big-0', channels: [{ name: 'everyone' }] }, { userId: 'big-69999', channels: [{ name: 'everyone' }] }] } }, 'the last named member is in it too')
   // MEMBERSHIPS_MAX_CHANNELS: an answer listing more channels in all is refused, coded, not built.
-  const capped = createRpcHandler({ channels: createChannelsRepository(handle.db), messages: createMessagesRepository(handle.db), notify: async () => {}, maxChannelMembers: 1000, maxUserGroups: 1000, maxListedChannels: 1, dbTimeoutMs: 10_000, log: silentLogger, onDatabaseState: () => {} })
+  const capped = handlerWith({ maxChannelMembers: 1000, maxListedChannels: 1 })
   t.match((await capped({ op: 'memberships.list', userIds: ['big-0', 'big-1'] })).response, { ok: false, error: { code: 'LIMIT_REACHED' } }, 'two channels in all, one allowed')
   t.match((await capped({ op: 'memberships.list', userIds: ['big-0'] })).response, { ok: true, result: { memberships: [{ userId: 'big-0', channels: [{ name: 'everyone' }] }] } }, 'one is answered')
 })
 
 t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the client\'s retry does it once, announced', async (t) => {
   const notices: Delivery[] = []
-  const handler = createRpcHandler({
-    channels: createChannelsRepository(handle.db),
-    messages: createMessagesRepository(handle.db),
-    notify: async (d) => { notices.push(d) },
-    maxChannelMembers: 100,
-    maxUserGroups: 1000,
-    dbTimeoutMs: 300,
-    log: silentLogger,
-    onDatabaseState: () => {}
-  })
+  const handler = handlerWith({ notify: async (d) => { notices.push(d) }, dbTimeoutMs: 300 })
   const holding = holdGroupLock('tim-ann', 2000)
   await holding.held
   const first = await handler({ op: 'channel.create', userId: 'tim-ann', name: 'team', memberIds: ['tim-bob'] })
