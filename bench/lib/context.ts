@@ -38,6 +38,12 @@ export function numList (ctx: RunContext, name: string, full: number[], quick = 
   return ctx.quick ? quick : full
 }
 
+/** Space-separated flags for `node` itself (e.g. --gateway-node-args="--max-semi-space-size=32"). */
+export function nodeArgsOption (ctx: RunContext, name: string): string[] {
+  const v = ctx.opts[name]
+  return typeof v === 'string' ? v.split(' ').filter((a) => a !== '') : []
+}
+
 /** KEY=VALUE,KEY=VALUE → env overrides (e.g. --gateway-env BIND_CHANNELS=64). */
 export function envOption (ctx: RunContext, name: string): Record<string, string> {
   const v = ctx.opts[name]

@@ -4,7 +4,7 @@
  */
 import type postgres from 'postgres'
 import { brokerNames } from '../../src/broker/topology.js'
-import type { RunContext } from './context.js'
+import { nodeArgsOption, type RunContext } from './context.js'
 import { TcpProxy } from './proxy.js'
 import { startGateway, startWorker, type Proc, type SystemEnv } from './processes.js'
 import { AMQP_HOST, amqpPort, amqpUrl, createDatabase, createVhost, sqlClient } from './services.js'
@@ -47,15 +47,15 @@ export async function createSystem (ctx: RunContext, opts: SystemOptions): Promi
   const env: SystemEnv = { amqpUrl: amqpUrl(vhost), databaseUrl, prefix: 'bench' }
   const sql = sqlClient(databaseUrl)
   const popts = { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }
+  const workerOpts = { ...popts, nodeArgs: nodeArgsOption(ctx, 'worker-node-args') }
   const shards = opts.workers ?? 1
   const sharding: Record<string, string> = shards > 1 ? { WORKER_SHARDS: String(shards) } : {}
   // The workers first: gateways' session.open needs them.
   const workers = opts.worker === false
     ? []
-    : await Promise.all(Array.from({ length: shards }, (_, i) => startWorker(shards > 1 ? `${tag}-worker-${i}` : `${tag}-worker`, env, popts,
+    : await Promise.all(Array.from({ length: shards }, (_, i) => startWorker(shards > 1 ? `${tag}-worker-${i}` : `${tag}-worker`, env, workerOpts,
       { ...sharding, ...(shards > 1 ? { WORKER_CONSUME_SHARDS: String(i) } : {}), ...opts.workerEnv })))
-  const gatewayNodeArgs = typeof ctx.opts['gateway-node-args'] === 'string' ? ctx.opts['gateway-node-args'].split(' ').filter((a) => a !== '') : []
-  const gatewayOpts = { ...popts, nodeArgs: gatewayNodeArgs, heapSnapshots: opts.heapSnapshots === true }
+  const gatewayOpts = { ...popts, nodeArgs: nodeArgsOption(ctx, 'gateway-node-args'), heapSnapshots: opts.heapSnapshots === true }
   let proxy: TcpProxy | undefined
   let gatewaySys = env
   if (opts.proxy === true) {

@@ -27,6 +27,10 @@ interface Measured {
   workload: Workload
   phase: PhaseResult
   serverCpuS: number
+  /** CPU of the servers that hold no socket (--idle-servers), all of them together. */
+  idleCpuS: number
+  /** Messages the senders sent in the window: what every adapter server receives through Redis. */
+  sentMessages: number
   /** Servers plus what they need: broker, worker, database / Redis. */
   systemCpuS: number
   deliveries: number
@@ -43,6 +47,9 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
   const groupRate = num(ctx, 'group-rate', 200, 20)
   const typingRate = num(ctx, 'typing-rate', 1000, 200)
   const durationMs = num(ctx, 'duration', 10, 3) * 1000
+  // Servers in the cluster that hold no socket: what each costs is what a server pays
+  // for the cluster's traffic beyond its own users (the adapter's broadcast tax).
+  const idleCount = num(ctx, 'idle-servers', 0)
   const workloads = String(ctx.opts.workloads ?? 'dm,group,typing').split(',') as Workload[]
   const systems = String(ctx.opts.systems ?? 'ours,peer,peer+pg').split(',') as Kind[]
 
@@ -57,14 +64,16 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
     for (const kind of systems) {
       const tag = `${kind.replace('+', '')}${k}`
       let servers: Proc[]
+      let idleServers: Proc[]
       let worker: Proc | undefined
       let bigIds: string[]
       let smallIds: string[]
       let sql
       let serviceGroups: 'ours' | 'redis' | 'redis+pg'
       if (kind === 'ours') {
-        const sys = await createSystem(ctx, { gateways: k, tag, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
-        servers = sys.gateways
+        const sys = await createSystem(ctx, { gateways: k + idleCount, tag, gatewayEnv: envOption(ctx, 'gateway-env'), workerEnv: envOption(ctx, 'worker-env') })
+        servers = sys.gateways.slice(0, k)
+        idleServers = sys.gateways.slice(k)
         worker = sys.worker
         sql = sys.sql
         bigIds = await createGroups(sys.sql, bigGroups, 'big')
@@ -81,7 +90,9 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
           await sql`create table if not exists peer_messages (id bigint generated always as identity primary key, sender_id text not null, to_user_id text, channel_id text, client_msg_id uuid not null, content text not null, created_at timestamptz not null default now(), unique (sender_id, client_msg_id))`
           env.DATABASE_URL = url
         }
-        servers = await Promise.all(Array.from({ length: k }, (_, i) => startPeer(`${tag}-server-${i + 1}`, { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }, env)))
+        const all = await Promise.all(Array.from({ length: k + idleCount }, (_, i) => startPeer(`${tag}-server-${i + 1}`, { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }, env)))
+        servers = all.slice(0, k)
+        idleServers = all.slice(k)
         serviceGroups = kind === 'peer' ? 'redis' : 'redis+pg'
       }
       const memberOf = new Map<string, string[]>()
@@ -99,6 +110,7 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
       const st = await pool.stats()
       if (st.ready !== users) throw new Error(`${tag}: only ${st.ready}/${users} sockets ready`)
       const usage = usageGroups({ servers, worker, loadPids: pool.pids, redis: true, mergeServers: true })
+      if (idleServers.length > 0) usage.push({ name: 'idle servers', pids: () => idleServers.map((p) => p.pid) })
       const at = (u: string): Placement => placements[index.get(u)!]!
       const dmSenders = ids.map((u, i) => ({ placement: at(u), target: { toUserId: ids[i ^ 1]! } as SendTarget }))
       const groupSenders = bigGroups.flatMap((g, c) => g.slice(0, 2).map((u) => ({ placement: at(u), target: { channelId: bigIds[c]! } as SendTarget })))
@@ -116,7 +128,8 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
         const serverCpuS = cpu((n) => n === 'servers')
         const systemCpuS = serverCpuS + cpu((n) => n === 'worker' || (serviceGroups !== 'ours' && n === 'redis') ||
           (serviceGroups === 'ours' && (n === 'rabbitmq' || n === 'postgres')) || (serviceGroups === 'redis+pg' && n === 'postgres'))
-        measured.push({ servers: k, system: kind, workload: p.w, phase, serverCpuS, systemCpuS, deliveries: Math.round(phase.deliveredPerSec * phase.seconds) })
+        const idleCpuS = cpu((n) => n === 'idle servers')
+        measured.push({ servers: k, system: kind, workload: p.w, phase, serverCpuS, idleCpuS, sentMessages: phase.sent, systemCpuS, deliveries: Math.round(phase.deliveredPerSec * phase.seconds) })
       }
       const report = await pool.report()
       const delivery = checkDeliveries(report, (s, target) => memberOf.get(target) ?? [s, target])
@@ -124,7 +137,7 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
       for (const m of measured) if (m.servers === k && m.system === kind) { m.delivery = delivery; if (persisted !== undefined) m.persisted = persisted }
       await pool.disconnect()
       await pool.close()
-      await Promise.all(servers.map((s) => s.stop()))
+      await Promise.all([...servers, ...idleServers].map((s) => s.stop()))
       if (worker !== undefined) await worker.stop()
     }
   }
@@ -145,6 +158,7 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
       'server µs/delivery': Math.round(us(m, m.serverCpuS) * 10) / 10,
       'per server µs/delivery': Math.round(us(m, m.serverCpuS) / m.servers * 10) / 10,
       'system µs/delivery': Math.round(us(m, m.systemCpuS) * 10) / 10,
+      ...(idleCount > 0 ? { 'idle server µs/message sent': m.sentMessages > 0 ? Math.round(m.idleCpuS / idleCount * 1e6 / m.sentMessages * 10) / 10 : undefined } : {}),
       'ratio to peer': ratio === undefined ? undefined : Math.round(ratio * 100) / 100,
       'lost/dup': m.delivery === undefined ? '' : `${m.delivery.missing}/${m.delivery.duplicates}${m.workload === 'typing' ? ` (typing ${m.delivery.typingReceived}/${m.delivery.typingExpected})` : ''}`
     }
@@ -168,7 +182,8 @@ export async function peer (ctx: RunContext): Promise<ScenarioResult> {
       'server µs/delivery = CPU of all K server processes in the load window ÷ messages their sockets received in it; "per server" divides by K',
       'system µs/delivery adds what the servers need: ours RabbitMQ + worker + PostgreSQL; peer Redis; peer+pg Redis + PostgreSQL (services include other users of them)',
       'ours persists every message (worker, PostgreSQL) and delivers only where bindings route it; peer persists nothing, and every server receives every broadcast through Redis',
-      'typing lost/dup: typing notices are ephemeral (5 s expiry in ours); counts shown as received/expected'
+      'typing lost/dup: typing notices are ephemeral (5 s expiry in ours); counts shown as received/expected',
+      ...(idleCount > 0 ? [`idle server µs/message sent: CPU of one of the ${idleCount} servers per system that hold no socket, per message sent in the cluster (for the peer, the broadcast tax every server pays)`] : [])
     ],
     details: measured.map(({ phase: { report: _r, ...phase }, ...rest }) => ({ ...rest, phase }))
   }

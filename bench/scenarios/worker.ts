@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto'
 import { Connection } from 'rabbitmq-client'
 import type { RunContext } from '../lib/context.js'
-import { envOption, num } from '../lib/context.js'
+import { envOption, nodeArgsOption, num } from '../lib/context.js'
 import { sleep, startWorker } from '../lib/processes.js'
 import { readMetric } from '../lib/prom.js'
 import { progress, progressEnd, type Row, type ScenarioResult } from '../lib/report.js'
@@ -90,7 +90,7 @@ export async function worker (ctx: RunContext): Promise<ScenarioResult> {
     const spawned = performance.now()
     const sharding = (i: number): Record<string, string> => shards > 1 ? { WORKER_SHARDS: String(shards), WORKER_CONSUME_SHARDS: String(i) } : {}
     const ws = await Promise.all(Array.from({ length: shards }, (_, i) =>
-      startWorker(shards > 1 ? `worker-${v.name}-${i}` : `worker-${v.name}`, sys.env, { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile }, { ...sharding(i), ...v.env }, false)))
+      startWorker(shards > 1 ? `worker-${v.name}-${i}` : `worker-${v.name}`, sys.env, { logDir: ctx.logDir, cpuProfile: ctx.cpuProfile, nodeArgs: nodeArgsOption(ctx, 'worker-node-args') }, { ...sharding(i), ...v.env }, false)))
     const sum = async (metric: string) => (await Promise.all(ws.map((w) => readMetric(`${w.url}/metrics`, metric)))).reduce((a, b) => a + b, 0)
     const usage = new UsageWindow(usageGroups({ workers: ws })).start()
     const marks: Array<{ t: number, n: number }> = []
