@@ -57,6 +57,13 @@ export function createRecovery (o: RecoveryOptions) {
     let only: ReadonlySet<string> | undefined
     for (let attempt = 0; ; attempt++) {
       if (o.stopped()) return false
+      // Deliveries were lost again meanwhile (more drops, another outage): every user must be
+      // re-read, the unresolved among them. Re-reading only these, for as long as the worker
+      // does not answer for one of them, would never serve that request.
+      if (only !== undefined && again !== undefined) {
+        again = merge(reason, again)
+        return true
+      }
       const started = performance.now()
       try {
         const pass = await o.sessions.resync(only)
