@@ -66,8 +66,13 @@ export function createRecovery (o: RecoveryOptions) {
       }
       const started = performance.now()
       try {
-        const pass = await o.sessions.resync(only)
-        tell(pass.resolved, reason)
+        // Each part's users are told as soon as it is applied, not when the pass ends.
+        const told = new Set<string>()
+        const pass = await o.sessions.resync(only, (userIds) => {
+          for (const id of userIds) told.add(id)
+          tell(userIds, reason)
+        })
+        tell(pass.resolved.filter((id) => !told.has(id)), reason)
         // `ended`: sockets of users the worker refused alone, told to reconnect (Sessions.resync).
         o.log.info({ users: pass.resolved.length, unresolved: pass.unresolved.length, ended: pass.ended, reason, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships')
         if (pass.unresolved.length === 0) return true

@@ -220,30 +220,78 @@ export class Sessions {
    * its own. Users whose part got no answer in time are returned `unresolved`, for the
    * caller to re-read later; they are never ended (the worker may be overloaded, as when
    * every gateway re-reads after an outage).
+   * Every chunk is read with one request before any failing chunk is split, so a slow
+   * user's split (about log2(500) + 1 timeouts) holds up no other chunk; and `onRead` hears
+   * of the users of each part as soon as it is applied, not when the pass ends.
    * @param only re-read just these users (those a previous pass left unresolved)
+   * @param onRead called with the ids of each part's users once their channels are applied
    * @returns users re-read (`resolved`: tell them to catch up), left unresolved, and
    *   how many sockets were ended
    */
-  async resync (only?: ReadonlySet<string>): Promise<{ resolved: string[], unresolved: string[], ended: number }> {
+  async resync (only?: ReadonlySet<string>, onRead?: (userIds: string[]) => void): Promise<{ resolved: string[], unresolved: string[], ended: number }> {
     const users = [...this.#users.values()].filter((u) => only === undefined || only.has(u.id))
     const out = { resolved: [] as string[], unresolved: [] as string[], ended: 0 }
-    for (let i = 0; i < users.length; i += RESYNC_CHUNK) {
-      const chunk = users.slice(i, i + RESYNC_CHUNK)
-      const read = await readBisecting(chunk, (part) => this.#reread(part), {
+    const inconclusive = (err: unknown) => err instanceof ClientError && err.code === 'UNAVAILABLE'
+    const read = (part: LocalUser[]) => this.#reread(part, onRead)
+    const chunks: LocalUser[][] = []
+    for (let i = 0; i < users.length; i += RESYNC_CHUNK) chunks.push(users.slice(i, i + RESYNC_CHUNK))
+    /** Splits a chunk whose one request failed with `err`; false when not one part was answered. */
+    const split = async (chunk: LocalUser[], err: unknown): Promise<boolean> => {
+      let first = true
+      const result = await readBisecting(chunk, (part) => {
+        // The chunk's own request was made already: its outcome counts as the first.
+        if (first && part === chunk) {
+          first = false
+          return Promise.reject(err)
+        }
+        return read(part)
+      }, {
         maxRequests: RESYNC_MAX_REQUESTS,
-        inconclusive: (err) => err instanceof ClientError && err.code === 'UNAVAILABLE',
-        definite: (err) => err instanceof ClientError && err.code === 'LIMIT_REACHED'
+        inconclusive,
+        definite: (e) => e instanceof ClientError && e.code === 'LIMIT_REACHED'
       })
-      const failed = new Set(read.failed.map((f) => f.item))
-      const unresolved = new Set(read.unresolved)
-      for (const { item, err } of read.failed) out.ended += this.#endUnreadable(item, err)
+      const failed = new Set(result.failed.map((f) => f.item))
+      const unresolved = new Set(result.unresolved)
+      for (const { item, err: e } of result.failed) out.ended += this.#endUnreadable(item, e)
       for (const u of chunk) {
         if (unresolved.has(u)) out.unresolved.push(u.id)
         else if (!failed.has(u)) out.resolved.push(u.id)
       }
+      return result.read > 0 || result.failed.length > 0
+    }
+    const deferred: Array<{ chunk: LocalUser[], err: unknown }> = []
+    let answered = false
+    let missedInARow = 0
+    for (let i = 0; i < chunks.length; i++) {
+      const chunk = chunks[i]!
+      try {
+        await read(chunk)
+        answered = true
+        missedInARow = 0
+        for (const u of chunk) out.resolved.push(u.id)
+        continue
+      } catch (err) {
+        deferred.push({ chunk, err })
+        missedInARow = inconclusive(err) ? missedInARow + 1 : 0
+      }
+      // Two chunks unanswered and none answered yet: the worker may be away. Find out on the
+      // first before asking for the others, each of which would wait a timeout too.
+      if (!answered && missedInARow >= 2) {
+        const first = deferred.shift()!
+        if (!await split(first.chunk, first.err)) {
+          for (const { chunk: c } of deferred) for (const u of c) out.unresolved.push(u.id)
+          for (const c of chunks.slice(i + 1)) for (const u of c) out.unresolved.push(u.id)
+          return out
+        }
+        answered = true
+        missedInARow = 0
+      }
+    }
+    for (let k = 0; k < deferred.length; k++) {
+      const { chunk, err } = deferred[k]!
       // Not one answer: the worker is away, and every other chunk would wait a timeout too.
-      if (read.read === 0 && read.failed.length === 0) {
-        for (const u of users.slice(i + RESYNC_CHUNK)) out.unresolved.push(u.id)
+      if (!await split(chunk, err) && !answered) {
+        for (const { chunk: c } of deferred.slice(k + 1)) for (const u of c) out.unresolved.push(u.id)
         break
       }
     }
@@ -251,7 +299,7 @@ export class Sessions {
   }
 
   /** Reads the channels of `part` in one request and applies them; rejects if the worker refused or did not answer. */
-  async #reread (part: LocalUser[]): Promise<void> {
+  async #reread (part: LocalUser[], onRead?: (userIds: string[]) => void): Promise<void> {
     // A part read again after a failure is a new request: it may only apply what is newer.
     const since = part.map((u) => reading(u))
     try {
@@ -266,6 +314,7 @@ export class Sessions {
     } finally {
       part.forEach((u, k) => settled(u, since[k]!))
     }
+    onRead?.(part.map((u) => u.id))
   }
 
   /**
