@@ -260,13 +260,11 @@ export class Sessions {
       return result.read > 0 || result.failed.length > 0
     }
     const deferred: Array<{ chunk: LocalUser[], err: unknown }> = []
-    let answered = false
     let missedInARow = 0
     for (let i = 0; i < chunks.length; i++) {
       const chunk = chunks[i]!
       try {
         await read(chunk)
-        answered = true
         missedInARow = 0
         for (const u of chunk) out.resolved.push(u.id)
         continue
@@ -274,23 +272,24 @@ export class Sessions {
         deferred.push({ chunk, err })
         missedInARow = inconclusive(err) ? missedInARow + 1 : 0
       }
-      // Two chunks unanswered and none answered yet: the worker may be away. Find out on the
-      // first before asking for the others, each of which would wait a timeout too.
-      if (!answered && missedInARow >= 2) {
+      // Two chunks in a row unanswered: the worker may be away (also when it went away in
+      // the middle of the pass). Find out on the oldest before asking for the others, each
+      // of which would wait a timeout too.
+      if (missedInARow >= 2) {
         const first = deferred.shift()!
         if (!await split(first.chunk, first.err)) {
           for (const { chunk: c } of deferred) for (const u of c) out.unresolved.push(u.id)
           for (const c of chunks.slice(i + 1)) for (const u of c) out.unresolved.push(u.id)
           return out
         }
-        answered = true
         missedInARow = 0
       }
     }
     for (let k = 0; k < deferred.length; k++) {
       const { chunk, err } = deferred[k]!
-      // Not one answer: the worker is away, and every other chunk would wait a timeout too.
-      if (!await split(chunk, err) && !answered) {
+      // Not one answer in the whole split: the worker is away, and every other chunk would
+      // wait as long. They are left unresolved, to be re-read alone with backoff.
+      if (!await split(chunk, err)) {
         for (const { chunk: c } of deferred.slice(k + 1)) for (const u of c) out.unresolved.push(u.id)
         break
       }

@@ -1,5 +1,5 @@
 /**
- * Review: a user the worker never answers for (a read that always times out) is re-read
+ * A user the worker never answers for (a read that always times out) is re-read
  * alone, with backoff, for as long as they stay connected. Requests made meanwhile (a
  * second outage, more drops) must still get their pass: every other user's joined/left
  * notices may be lost again, and they must be re-read and told session:resync.
