@@ -18,6 +18,21 @@ import { sleep } from '../helpers/system.js'
 
 const TIMEOUT_MS = 300
 
+/** Sessions of `users` users (u0…), each with one socket, opened against `rpc`; `ended` counts sockets disconnected. */
+async function connected (rpc: unknown, users: number) {
+  const bindings = { acquire: async () => {}, release: () => {}, whenBound: async () => {}, now: () => 0, boundSince: () => 0, on: () => bindings }
+  const emitter = { emit: () => {}, except: () => emitter }
+  const io = { to: () => emitter } as unknown as AppIo
+  const sessions = new Sessions({ io, bindings: bindings as unknown as BindingManager, rpc: rpc as unknown as WorkerRpc, serverId: 'gw', log: silentLogger })
+  let ended = 0
+  for (let i = 0; i < users; i++) {
+    const s = { id: `s${i}`, data: { userId: `u${i}` }, connected: true, join: () => {}, leave: () => {}, emit: () => {}, disconnect: () => { ended++ } }
+    sessions.attach(s as unknown as AppSocket)
+    await sessions.whenReady(s as unknown as AppSocket)
+  }
+  return { sessions, ended: () => ended }
+}
+
 t.test('one user whose re-read times out does not hold up the session:resync of the others', async (t) => {
   const bindings = {
     acquire: async () => {},
@@ -71,7 +86,6 @@ t.test('one user whose re-read times out does not hold up the session:resync of 
 })
 
 t.test('a worker that answers nobody: the pass ends after a few timeouts, everyone unresolved, nobody ended', async (t) => {
-  const bindings = { acquire: async () => {}, release: () => {}, whenBound: async () => {}, now: () => 0, boundSince: () => 0, on: () => bindings }
   let down = false
   let requests = 0
   const rpc = {
@@ -85,15 +99,7 @@ t.test('a worker that answers nobody: the pass ends after a few timeouts, everyo
       return { seqs: {} }
     }
   }
-  const emitter = { emit: () => {}, except: () => emitter }
-  const io = { to: () => emitter } as unknown as AppIo
-  const sessions = new Sessions({ io, bindings: bindings as unknown as BindingManager, rpc: rpc as unknown as WorkerRpc, serverId: 'gw', log: silentLogger })
-  let ended = 0
-  for (let i = 0; i < 1100; i++) {
-    const s = { id: `s${i}`, data: { userId: `u${i}` }, connected: true, join: () => {}, leave: () => {}, emit: () => {}, disconnect: () => { ended++ } }
-    sessions.attach(s as unknown as AppSocket)
-    await sessions.whenReady(s as unknown as AppSocket)
-  }
+  const { sessions, ended } = await connected(rpc, 1100)
   down = true
   requests = 0
   const started = performance.now()
@@ -102,12 +108,11 @@ t.test('a worker that answers nobody: the pass ends after a few timeouts, everyo
   t.comment(`${requests} requests, ${ms.toFixed(0)} ms`)
   t.equal(pass.unresolved.length, 1100)
   t.equal(pass.resolved.length, 0)
-  t.equal(ended, 0)
+  t.equal(ended(), 0)
   t.ok(ms < 6 * TIMEOUT_MS, 'a few timeouts, not one per chunk and level')
 })
 
 t.test('a worker that goes away in the middle of a pass: the pass ends after a few timeouts, not a split per chunk', async (t) => {
-  const bindings = { acquire: async () => {}, release: () => {}, whenBound: async () => {}, now: () => 0, boundSince: () => 0, on: () => bindings }
   let answersLeft = Infinity
   let requests = 0
   const rpc = {
@@ -122,15 +127,7 @@ t.test('a worker that goes away in the middle of a pass: the pass ends after a f
       return { memberships: req.userIds!.map((userId) => ({ userId, channels: [] })) }
     }
   }
-  const emitter = { emit: () => {}, except: () => emitter }
-  const io = { to: () => emitter } as unknown as AppIo
-  const sessions = new Sessions({ io, bindings: bindings as unknown as BindingManager, rpc: rpc as unknown as WorkerRpc, serverId: 'gw', log: silentLogger })
-  let ended = 0
-  for (let i = 0; i < 3000; i++) {
-    const s = { id: `s${i}`, data: { userId: `u${i}` }, connected: true, join: () => {}, leave: () => {}, emit: () => {}, disconnect: () => { ended++ } }
-    sessions.attach(s as unknown as AppSocket)
-    await sessions.whenReady(s as unknown as AppSocket)
-  }
+  const { sessions, ended } = await connected(rpc, 3000)
   // The first chunk of 500 is answered; then the worker answers nobody.
   answersLeft = 1
   requests = 0
@@ -140,6 +137,6 @@ t.test('a worker that goes away in the middle of a pass: the pass ends after a f
   t.comment(`${requests} requests, ${ms.toFixed(0)} ms`)
   t.equal(pass.resolved.length, 500, 'the chunk read before the worker went away')
   t.equal(pass.unresolved.length, 2500, 'everyone else is left for a later pass')
-  t.equal(ended, 0, 'nobody is ended for the worker\'s silence')
+  t.equal(ended(), 0, 'nobody is ended for the worker\'s silence')
   t.ok(ms < 9 * TIMEOUT_MS, 'a few timeouts, not a split of every chunk (5 chunks × 4 timeouts)')
 })
