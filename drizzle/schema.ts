@@ -51,5 +51,24 @@ export const messages = pgTable('messages', {
   unique('messages_channel_seq_key').on(t.channelId, t.seq)
 ])
 
+/**
+ * Channel creates and leaves already done, by their request id: a request run again (the
+ * broker handed it back after the worker lost its connection mid-write, or the client
+ * retried after UNAVAILABLE with the same requestId) answers what the first run did
+ * instead of doing it twice. Written in the same transaction as the write, so a write that
+ * rolled back leaves no row. A user's rows older than a day are deleted at their next write.
+ */
+export const writeRequests = pgTable('write_requests', {
+  userId: text('user_id').notNull(),
+  requestId: uuid('request_id').notNull(),
+  /** Digest of the request's operation and arguments: the same id sent with another request is refused. */
+  fingerprint: text('fingerprint').notNull(),
+  /** The channel created or left. */
+  channelId: uuid('channel_id').notNull(),
+  createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow()
+}, (t) => [
+  primaryKey({ name: 'write_requests_pkey', columns: [t.userId, t.requestId] })
+])
+
 export type ChannelRow = typeof channels.$inferSelect
 export type MessageRow = typeof messages.$inferSelect

@@ -140,29 +140,25 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     const payload = 'channelId' in target
       ? { clientMsgId, content, channelId: target.channelId }
       : { clientMsgId, content, toUserId: target.toUserId }
-    for (let attempt = 1; ; attempt++) {
-      const socket = await this.#gate.wait(undefined, options.signal)
-      try {
-        await this.#request(socket, 'message:send', payload)
-        return { clientMsgId }
-      } catch (err) {
-        if (!(err instanceof ChatError)) throw err
-        const transient = err.code === 'CLIENT_TIMEOUT' || err.code === 'CLIENT_DISCONNECTED' || RETRYABLE_SEND_CODES.has(err.code)
-        if (!transient) throw err
-        // A disconnect waits for the next session anyway (unless the gate has not heard of
-        // it yet: then a pause keeps this from spinning); the others back off.
-        if (err.code !== 'CLIENT_DISCONNECTED' || this.#gate.current === socket) await this.#gate.sleep(this.#backoff(attempt), options.signal)
-      }
-    }
+    await this.#retrying('message:send', payload, options.signal)
+    return { clientMsgId }
   }
 
-  /** Creates a group channel; the creator is a member. Not retried (not idempotent). */
-  async createChannel (name: string, memberIds: string[]): Promise<string> {
-    return (await this.#call<CreateResult>('channel:create', { name, memberIds })).channelId
+  /**
+   * Creates a group channel; the creator is a member. Retried like `send`: the same
+   * requestId (made here unless given) makes the server create it once and answer the
+   * same channel to every attempt.
+   * @throws ChatError LIMIT_REACHED, VALIDATION, … (the server's answer), CLIENT_CLOSED, CLIENT_ABORTED
+   */
+  async createChannel (name: string, memberIds: string[], options: { requestId?: string, signal?: AbortSignal } = {}): Promise<string> {
+    const requestId = (options.requestId ?? newClientMsgId()).toLowerCase()
+    return (await this.#retrying<CreateResult>('channel:create', { name, memberIds, requestId }, options.signal)).channelId
   }
 
-  async leaveChannel (channelId: string): Promise<void> {
-    await this.#call('channel:leave', { channelId })
+  /** Leaves a group channel. Retried like `send`, with one requestId for every attempt. */
+  async leaveChannel (channelId: string, options: { requestId?: string, signal?: AbortSignal } = {}): Promise<void> {
+    const requestId = (options.requestId ?? newClientMsgId()).toLowerCase()
+    await this.#retrying('channel:leave', { channelId, requestId }, options.signal)
   }
 
   /** Tells the other members that the user is typing (ephemeral; throttle it). */
@@ -309,6 +305,27 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
   // --- helpers ----------------------------------------------------------------
 
   /** A request that waits (up to ackTimeoutMs) for a session, tried once. */
+  /**
+   * Sends an idempotent request until it is answered: across reconnects and gateways, on
+   * timeouts, disconnects, UNAVAILABLE and RATE_LIMITED. Only for payloads with their
+   * own idempotency key (clientMsgId, requestId).
+   */
+  async #retrying<R extends object = Record<never, never>> (event: Parameters<typeof request>[1], payload: object, signal: AbortSignal | undefined): Promise<R> {
+    for (let attempt = 1; ; attempt++) {
+      const socket = await this.#gate.wait(undefined, signal)
+      try {
+        return await this.#request<R>(socket, event, payload)
+      } catch (err) {
+        if (!(err instanceof ChatError)) throw err
+        const transient = err.code === 'CLIENT_TIMEOUT' || err.code === 'CLIENT_DISCONNECTED' || RETRYABLE_SEND_CODES.has(err.code)
+        if (!transient) throw err
+        // A disconnect waits for the next session anyway (unless the gate has not heard of
+        // it yet: then a pause keeps this from spinning); the others back off.
+        if (err.code !== 'CLIENT_DISCONNECTED' || this.#gate.current === socket) await this.#gate.sleep(this.#backoff(attempt), signal)
+      }
+    }
+  }
+
   async #call<R extends object = Record<never, never>> (event: Parameters<typeof request>[1], payload: object): Promise<R> {
     return await this.#request<R>(await this.#gate.wait(this.#o.ackTimeoutMs), event, payload)
   }

@@ -57,9 +57,12 @@ export const RpcRequestSchema = Type.Union([
     op: Type.Literal('channel.create'),
     userId: UserIdSchema,
     name: Type.String({ minLength: 1, maxLength: 100, format: 'chat-text' }),
-    memberIds: Type.Array(UserIdSchema, { maxItems: 100_000 })
+    memberIds: Type.Array(UserIdSchema, { maxItems: 100_000 }),
+    // The write's idempotency key (the client's, or one the gateway made for this call).
+    // Optional so a worker can serve gateways of the version before it.
+    requestId: Type.Optional(UuidSchema)
   }, { additionalProperties: false }),
-  Type.Object({ op: Type.Literal('channel.leave'), userId: UserIdSchema, channelId: ChannelIdSchema }, { additionalProperties: false })
+  Type.Object({ op: Type.Literal('channel.leave'), userId: UserIdSchema, channelId: ChannelIdSchema, requestId: Type.Optional(UuidSchema) }, { additionalProperties: false })
 ])
 export type RpcRequest = Static<typeof RpcRequestSchema>
 export type RpcOp = RpcRequest['op']
@@ -72,7 +75,8 @@ export interface RpcResults {
   'memberships.list': { memberships: Array<{ userId: string, channels: ChannelSummary[] }> }
   'channels.seq': { seqs: Record<string, number> }
   'history.fetch': { messages: Message[] }
-  'channel.create': { channel: ChannelSummary }
+  /** `left`: a create run again whose creator has left the channel since (do not join them to it). */
+  'channel.create': { channel: ChannelSummary, left?: true }
   'channel.leave': Record<never, never>
 }
 

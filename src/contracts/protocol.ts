@@ -19,11 +19,15 @@ export const MessageSendSchema = Type.Object({
 
 export const ChannelCreateSchema = Type.Object({
   name: Type.String({ minLength: 1, maxLength: 100, format: 'chat-text' }),
-  memberIds: Type.Array(UserIdSchema, { maxItems: 100_000 })
+  memberIds: Type.Array(UserIdSchema, { maxItems: 100_000 }),
+  /** Idempotency key: a retry with the same id creates nothing new and answers the same channel. */
+  requestId: Type.Optional(UuidSchema)
 }, { additionalProperties: false })
 
 export const ChannelLeaveSchema = Type.Object({
-  channelId: ChannelIdSchema
+  channelId: ChannelIdSchema,
+  /** Idempotency key: a retry of a leave that was done answers ok again. */
+  requestId: Type.Optional(UuidSchema)
 }, { additionalProperties: false })
 
 export const HistoryFetchSchema = Type.Object({

@@ -2,6 +2,7 @@
  * Client events of protocol v1 (docs/PROTOCOL.md). senderId and userId always come
  * from the verified token, never from a payload.
  */
+import { randomUUID } from 'node:crypto'
 import { sendShard } from '../broker/shards.js'
 import { sendRoute } from '../broker/topology.js'
 import { PublishError } from '../broker/publisher.js'
@@ -135,16 +136,23 @@ export const routes = {
       throw new ClientError('VALIDATION', `a channel may name at most ${ctx.config.MAX_CHANNEL_MEMBERS} members`)
     }
     const userId = socket.data.userId
-    const { channel } = await ctx.requests.run(userId, () => ctx.broker.rpc.call({ op: 'channel.create', userId, name: p.name, memberIds: p.memberIds }))
-    // Bind here before answering, so the creator can send to it at once.
-    await ctx.sessions.joined(userId, channel)
+    // Always a key: the broker may hand the request to a worker again after the first lost
+    // its connection mid-write, and the second run must answer what the first did.
+    const requestId = (p.requestId ?? randomUUID()).toLowerCase()
+    const { channel, left } = await ctx.requests.run(userId, () => ctx.broker.rpc.call({ op: 'channel.create', userId, name: p.name, memberIds: p.memberIds, requestId }))
+    // Bind here before answering, so the creator can send to it at once; unless this was a
+    // retry of a create whose creator has left the channel since.
+    if (left !== true) await ctx.sessions.joined(userId, channel)
     return { channelId: channel.id }
   }),
 
   'channel:leave': route(ChannelLeaveSchema, async (ctx, socket, p) => {
-    const { id: channelId } = memberOf(ctx, socket, p.channelId)
     const userId = socket.data.userId
-    await ctx.requests.run(userId, () => ctx.broker.rpc.call({ op: 'channel.leave', userId, channelId }))
+    // A retry (a requestId) of a leave that was done finds the user no longer a member
+    // here: the worker, which knows the request, answers it.
+    const channelId = p.requestId === undefined ? memberOf(ctx, socket, p.channelId).id : p.channelId.toLowerCase()
+    const requestId = (p.requestId ?? randomUUID()).toLowerCase()
+    await ctx.requests.run(userId, () => ctx.broker.rpc.call({ op: 'channel.leave', userId, channelId, requestId }))
     await ctx.sessions.left(userId, channelId)
     return {}
   })

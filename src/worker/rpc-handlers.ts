@@ -5,7 +5,7 @@
  */
 import { RpcRequestSchema, type Delivery, type RpcRequest, type RpcResponse, type RpcResults } from '../contracts/envelopes.js'
 import { compile } from '../contracts/validate.js'
-import type { ChannelsRepository } from '../db/repositories/channels.js'
+import { requestFingerprint, type ChannelsRepository } from '../db/repositories/channels.js'
 import type { MessagesRepository } from '../db/repositories/messages.js'
 import { writeWithin, WriteTooSlowError, type WriteDeadline } from '../db/deadline.js'
 import { describeDbError, isTransientDbError, sqlState, withDbTimeout } from '../db/errors.js'
@@ -119,16 +119,21 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
         if (req.memberIds.length > deps.maxChannelMembers) {
           throw new ClientError('VALIDATION', `a channel may name at most ${deps.maxChannelMembers} members`)
         }
-        const { channel, memberIds } = await write(answerBy, (deadline) => deps.channels.createGroup(req.userId, req.name, req.memberIds, deps.maxUserGroups, deadline))
+        // A request run again (handed back by the broker, or retried by the client with its
+        // requestId) answers the channel the first run made and announces it again, in case
+        // the first run's announcements were lost with its connection.
+        const request = req.requestId === undefined ? undefined : { requestId: req.requestId, fingerprint: requestFingerprint(req.op, [req.name, req.memberIds]) }
+        const { channel, memberIds, replayed } = await write(answerBy, (deadline) => deps.channels.createGroup(req.userId, req.name, req.memberIds, deps.maxUserGroups, deadline, request))
         deps.onDatabaseState(true)
         // Every member's gateways bind channel:{id} and tell their sockets. A failure here
         // leaves the channel usable: members see it at their next session:ready.
         await announced(Promise.all(memberIds.map((userId) => deps.notify({ t: 'joined', userId, channel })))
           .catch((err: unknown) => deps.log.warn({ err, channelId: channel.id }, 'could not announce a new channel')), answerBy - Date.now())
-        return { channel }
+        return replayed && !memberIds.includes(req.userId) ? { channel, left: true } : { channel }
       }
       case 'channel.leave':
-        await write(answerBy, (deadline) => deps.channels.leave(req.channelId, req.userId, deadline))
+        await write(answerBy, (deadline) => deps.channels.leave(req.channelId, req.userId, deadline,
+          req.requestId === undefined ? undefined : { requestId: req.requestId, fingerprint: requestFingerprint(req.op, [req.channelId]) }))
         deps.onDatabaseState(true)
         await announced(deps.notify({ t: 'left', userId: req.userId, channelId: req.channelId })
           .catch((err: unknown) => deps.log.warn({ err, channelId: req.channelId }, 'could not announce a channel leave')), answerBy - Date.now())

@@ -292,8 +292,8 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     ])
     let migrated: unknown
     try {
-      // The batch function is the newest object of the migrations: no schema, no worker.
-      const [row] = await withDbTimeout(statementRunner(db.db)<{ migrated: unknown }>("select to_regclass('messages') is not null and to_regprocedure('chat_persist_batch(text[], uuid[], text[], uuid[], text[], text[])') is not null as migrated", []), config.DB_TIMEOUT_MS)
+      // The batch function and write_requests are the newest objects of the migrations: no schema, no worker.
+      const [row] = await withDbTimeout(statementRunner(db.db)<{ migrated: unknown }>("select to_regclass('messages') is not null and to_regprocedure('chat_persist_batch(text[], uuid[], text[], uuid[], text[], text[])') is not null and to_regclass('write_requests') is not null as migrated", []), config.DB_TIMEOUT_MS)
       migrated = row?.migrated
     } catch (err) {
       throw new StartupError('APP_DATABASE_UNREACHABLE', describeDatabaseFailure(err, config.DATABASE_URL === '' ? `embedded database in ${config.DATA_DIR}` : config.DATABASE_URL), { cause: err })

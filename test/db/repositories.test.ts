@@ -7,7 +7,7 @@ import { sql, type SQL } from 'drizzle-orm'
 import t, { type Test } from 'tap'
 import type { SendCommand } from '../../src/contracts/envelopes.js'
 import { openDatabase, openEmbeddedDatabase, type Database, type DatabaseHandle } from '../../src/db/client.js'
-import { createChannelsRepository } from '../../src/db/repositories/channels.js'
+import { createChannelsRepository, requestFingerprint } from '../../src/db/repositories/channels.js'
 import { createMessagesRepository } from '../../src/db/repositories/messages.js'
 import { createDatabase } from '../helpers/services.js'
 
@@ -222,5 +222,45 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
     const [d] = await messages.persistBatch([dm('max', 'ned')])
     if (d?.status !== 'stored') return t.fail('dm not stored')
     await t.rejects(channels.leave(d.message.channelId, 'ned'), { code: 'VALIDATION' })
+  })
+
+  t.test('a create or leave run again under its request id does nothing new and answers what the first did', async (t) => {
+    const key = (op: string, args: unknown) => ({ requestId: randomUUID(), fingerprint: requestFingerprint(op, args) })
+    const create = key('channel.create', ['again', ['rid-b', 'rid-c']])
+    const first = await channels.createGroup('rid-a', 'again', ['rid-b', 'rid-c'], 1000, undefined, create)
+    const second = await channels.createGroup('rid-a', 'again', ['rid-b', 'rid-c'], 1000, undefined, create)
+    t.equal(first.replayed, false)
+    t.equal(second.replayed, true, 'the second run is a replay')
+    t.equal(second.channel.id, first.channel.id, 'the same channel is answered')
+    t.same([...second.memberIds].sort(), ['rid-a', 'rid-b', 'rid-c'], 'with its current members, to announce again')
+    t.equal(await count(db, sql`select count(*) as n from channels where created_by = 'rid-a'`), 1, 'one channel')
+    // Another user's request with the same id is theirs: ids are per user.
+    const other = await channels.createGroup('rid-z', 'again', ['rid-b', 'rid-c'], 1000, undefined, create)
+    t.equal(other.replayed, false, 'the same id from another user is a request of its own')
+    t.not(other.channel.id, first.channel.id)
+    // The same id for a different request is refused and changes nothing.
+    await t.rejects(channels.createGroup('rid-a', 'other name', [], 1000, undefined, { requestId: create.requestId, fingerprint: requestFingerprint('channel.create', ['other name', []]) }), { code: 'VALIDATION', message: /requestId was already used/ })
+    t.equal(await count(db, sql`select count(*) as n from channels where created_by = 'rid-a'`), 1)
+
+    const leave = key('channel.leave', [first.channel.id])
+    t.same(await channels.leave(first.channel.id, 'rid-b', undefined, leave), { replayed: false })
+    t.same(await channels.leave(first.channel.id, 'rid-b', undefined, leave), { replayed: true }, 'a leave done answers ok again')
+    await t.rejects(channels.leave(first.channel.id, 'rid-b', undefined, key('channel.leave', [first.channel.id])), { code: 'FORBIDDEN' }, 'a new leave of a channel left is refused')
+    const replay = await channels.createGroup('rid-a', 'again', ['rid-b', 'rid-c'], 1000, undefined, create)
+    t.same([...replay.memberIds].sort(), ['rid-a', 'rid-c'], 'a replay names the members as they are now')
+
+    // A refused write keeps no key: once the cause is gone, the same request is done.
+    const refused = key('channel.create', ['full', []])
+    await channels.createGroup('rid-full', 'first', [], 1)
+    await t.rejects(channels.createGroup('rid-full', 'full', [], 1, undefined, refused), { code: 'LIMIT_REACHED' })
+    t.equal((await channels.createGroup('rid-full', 'full', [], 2, undefined, refused)).replayed, false, 'the key of a refused create is free')
+  })
+
+  t.test('the same create racing on two connections is done once', { skip: !concurrent && 'one connection only' }, async (t) => {
+    const request = { requestId: randomUUID(), fingerprint: requestFingerprint('channel.create', ['race', ['rr-b']]) }
+    const results = await Promise.all(Array.from({ length: 4 }, () => channels.createGroup('rr-a', 'race', ['rr-b'], 1000, undefined, request)))
+    t.equal(new Set(results.map((r) => r.channel.id)).size, 1, 'every run answers the same channel')
+    t.equal(results.filter((r) => !r.replayed).length, 1, 'one run created it')
+    t.equal(await count(db, sql`select count(*) as n from channels where created_by = 'rr-a'`), 1)
   })
 }
