@@ -94,8 +94,14 @@ export class Sessions {
 
   /** A group message went to its channel's room (see #emitted). */
   emitted (channelId: string, seq: number): void {
+    // A message still queued when its channel's key was unbound would bring the entry
+    // back after the unbind dropped it, and nothing would drop it again.
+    if (this.#o.bindings.boundSince(channelKey(channelId)) === undefined) return
     if (seq > (this.#emitted.get(channelId) ?? 0)) this.#emitted.set(channelId, seq)
   }
+
+  /** Channels whose highest emitted seq is kept (bounded by the channel keys bound here). */
+  get emittedChannels (): number { return this.#emitted.size }
 
   get socketCount (): number { return this.#sockets }
   get userCount (): number { return this.#users.size }

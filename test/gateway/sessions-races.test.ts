@@ -11,7 +11,7 @@ import type { WorkerRpc } from '../../src/broker/rpc.js'
 import type { ChannelSummary } from '../../src/contracts/protocol.js'
 import { MAX_LIVE_DIRECT, Sessions } from '../../src/gateway/sessions.js'
 import type { AppIo, AppSocket } from '../../src/gateway/types.js'
-import type { Logger } from '../../src/log.js'
+import { silentLogger, type Logger } from '../../src/log.js'
 
 interface Deferred<T> { promise: Promise<T>, resolve: (v: T) => void, reject: (err: unknown) => void }
 const deferred = <T>(): Deferred<T> => {
@@ -262,4 +262,16 @@ t.test('direct channels learned live are bounded per user; the newest stay usabl
   t.ok(h.sessions.channelOf('alice', uuidOf(999_999)), 'one from the session\'s list is kept')
   await h.sessions.joined('alice', direct(0))
   t.ok(h.sessions.channelOf('alice', uuidOf(0)), 'its next message teaches it again')
+})
+
+t.test('a group message for a channel no longer bound here keeps no entry', async (t) => {
+  const bound = new Set(['channel:11111111-1111-4111-8111-111111111111'])
+  const bindings = { acquire: async () => {}, release: () => {}, whenBound: async () => {}, now: () => 0, boundSince: (key: string) => bound.has(key) ? 0 : undefined, on: () => bindings }
+  const emitter = { emit: () => {}, except: () => emitter }
+  const sessions = new Sessions({ io: { to: () => emitter } as unknown as AppIo, bindings: bindings as unknown as BindingManager, rpc: { call: async () => ({ seqs: {} }) } as unknown as WorkerRpc, serverId: 'gw', log: silentLogger })
+  sessions.emitted('11111111-1111-4111-8111-111111111111', 3)
+  t.equal(sessions.emittedChannels, 1, 'a bound channel keeps its highest seq')
+  // Messages still queued after their channels' keys were unbound (members left or went away).
+  for (let i = 0; i < 100; i++) sessions.emitted(`22222222-2222-4222-8222-${String(i).padStart(12, '0')}`, 1)
+  t.equal(sessions.emittedChannels, 1, 'channels not bound keep nothing')
 })
