@@ -117,20 +117,36 @@ async function suite (t: Test, db: Database, concurrent: boolean): Promise<void>
     t.equal(await count(db, sql`select last_seq as n from channels where id = ${channel.id}`), 1, 'a refusal consumes no seq')
   })
 
-  t.test('a user belongs to at most maxGroupsPerUser groups: a create past it is refused and creates nothing', async (t) => {
+  t.test('a user belongs to at most maxGroupsPerUser groups they created and as many created by others: a create past either is refused and creates nothing', async (t) => {
     const cap = 3
     await messages.persistBatch([dm('quin', 'rex'), dm('quin', 'sol')]) // direct channels do not count
-    const groups = []
-    for (let i = 0; i < cap; i++) groups.push((await channels.createGroup('quin', `g${i}`, [], cap)).channel)
+    const own = []
+    for (let i = 0; i < cap; i++) own.push((await channels.createGroup('quin', `g${i}`, [], cap)).channel)
+    await t.rejects(channels.createGroup('quin', 'one too many', ['rex'], cap), { code: 'LIMIT_REACHED', message: /you already belong to 3 group channels you created/ })
+    const added = []
+    for (let i = 0; i < cap; i++) added.push((await channels.createGroup(`adder${i}`, `a${i}`, ['quin'], cap)).channel)
+    t.equal((await channels.listForUser('quin')).filter((c) => c.kind === 'group').length, 2 * cap, 'others\' groups count apart from quin\'s own')
     const before = await count(db, sql`select count(*) as n from channels`)
-    await t.rejects(channels.createGroup('quin', 'one too many', ['rex'], cap), { code: 'LIMIT_REACHED', message: /you already belong to 3 group channels/ })
-    await t.rejects(channels.createGroup('rex', 'with quin', ['sol', 'quin'], cap), { code: 'LIMIT_REACHED', message: /a member already belongs to 3 group channels.*"quin"; nothing was created/ })
+    await t.rejects(channels.createGroup('rex', 'with quin', ['sol', 'quin'], cap), { code: 'LIMIT_REACHED', message: /a member already belongs to 3 group channels created by others.*"quin"; nothing was created/ })
     t.equal(await count(db, sql`select count(*) as n from channels`), before, 'no channel row was created')
     t.equal(await count(db, sql`select count(*) as n from members where user_id in ('rex', 'sol') and channel_id in (select id from channels where kind = 'group')`), 0, 'no membership was added')
-    t.equal((await channels.listForUser('quin')).filter((c) => c.kind === 'group').length, cap)
-    await channels.leave(groups[0]!.id, 'quin')
+    await channels.leave(added[0]!.id, 'quin')
     const { memberIds } = await channels.createGroup('rex', 'with quin', ['quin'], cap)
     t.same([...memberIds].sort(), ['quin', 'rex'], 'after leaving one, quin can be added again')
+    await t.rejects(channels.createGroup('quin', 'still too many', [], cap), { code: 'LIMIT_REACHED' }, 'which frees none of quin\'s own')
+    await channels.leave(own[0]!.id, 'quin')
+    t.equal((await channels.createGroup('quin', 'mine again', [], cap)).replayed, false, 'leaving one of its own does')
+  })
+
+  t.test('groups others create naming a user and then leave cannot stop that user creating groups (no lockout)', async (t) => {
+    const cap = 2
+    for (let i = 0; i < cap; i++) {
+      const { channel } = await channels.createGroup('mal', `junk ${i}`, ['vic'], cap)
+      await channels.leave(channel.id, 'mal')
+    }
+    await t.rejects(channels.createGroup('mal', 'one more', ['vic'], cap), { code: 'LIMIT_REACHED', message: /"vic"/ }, 'the victim cannot be put in more')
+    const { memberIds } = await channels.createGroup('vic', 'mine', ['pal'], cap)
+    t.same([...memberIds].sort(), ['pal', 'vic'], 'but creates groups of its own, with others in them')
   })
 
   t.test('creates racing to add the same user stop at the limit, with no overshoot', { skip: !concurrent && 'one connection only' }, async (t) => {

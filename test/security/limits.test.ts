@@ -317,7 +317,7 @@ t.test('a connection that dies right after its CONNECT does not hand the user a 
   t.ok(again <= 2, `${again} of 5 served after reconnecting (${outcome.outcome}): the bucket was kept, not replaced by a full one`)
 })
 
-t.test('one user cannot fill another\'s channel list: a create past MAX_USER_GROUPS is LIMIT_REACHED and changes nothing', async (t) => {
+t.test('one user cannot fill another\'s channel list: a create past MAX_USER_GROUPS is LIMIT_REACHED and changes nothing, and cannot lock the victim out of creating its own', async (t) => {
   const { url: ownAmqp } = await createVhost(t)
   const own = { amqpUrl: ownAmqp, databaseUrl: await createDatabase(t) }
   const ownSql = sqlClient(t, own.databaseUrl)
@@ -338,6 +338,8 @@ t.test('one user cannot fill another\'s channel list: a create past MAX_USER_GRO
   const other = await connectUser(t, gw.url, 'other')
   t.match(await other.request<Ack>('channel:create', { name: 'fine', memberIds: ['bystander'] }), { ok: true }, 'other users still create channels')
   t.match(await other.request<Ack>('channel:create', { name: 'full', memberIds: ['victim'] }), { ok: false, error: { code: 'LIMIT_REACHED', message: /"victim"/ } }, 'anyone naming the full user is told who')
+  for (const channel of victim.ready.channels) t.match(await spammer.request<Ack>('channel:leave', { channelId: channel.id }), { ok: true })
+  t.match(await victim.request<Ack>('channel:create', { name: 'mine', memberIds: ['bystander'] }), { ok: true }, 'groups others made and left do not stop the victim creating its own (no lockout)')
 })
 
 t.test('a channel:create naming MAX_CHANNEL_MEMBERS UUID user ids fits in a frame at the defaults: answered, not cut', async (t) => {

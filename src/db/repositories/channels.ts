@@ -3,7 +3,7 @@
  * channel whose `direct_key` is the sorted pair, so it is found, never duplicated.
  */
 import { createHash, randomUUID } from 'node:crypto'
-import { and, asc, count, eq, gte, lt, sql, type Column, type SQL } from 'drizzle-orm'
+import { and, asc, count, eq, lt, sql, type Column, type SQL } from 'drizzle-orm'
 import { channels, members, writeRequests } from '../../../drizzle/schema.js'
 import type { ChannelSummary } from '../../contracts/protocol.js'
 import { ClientError } from '../../errors.js'
@@ -150,8 +150,12 @@ export function createChannelsRepository (db: Database) {
      * @param deadline commit before it or not at all (src/db/deadline.ts)
      * @param request the creator's idempotency key: a create already done under it is not
      *   done again; its channel and current members are returned, `replayed`
-     * @throws ClientError LIMIT_REACHED, creating nothing, if one of them already belongs
-     *   to `maxGroupsPerUser` groups; VALIDATION if the key was used for another request
+     * @param maxGroupsPerUser counted apart for the groups a user created (and still
+     *   belongs to) and for those others put them in, so nobody can fill the first count
+     *   of someone else
+     * @throws ClientError LIMIT_REACHED, creating nothing, if the creator already belongs
+     *   to `maxGroupsPerUser` groups of their own, or a named member to that many groups
+     *   others created; VALIDATION if the key was used for another request
      */
     async createGroup (creatorId: string, name: string, memberIds: string[], maxGroupsPerUser: number, deadline?: WriteDeadline, request?: WriteRequest): Promise<{ channel: ChannelSummary, memberIds: string[], replayed: boolean }> {
       const everyone = [...new Set([creatorId, ...memberIds])]
@@ -172,12 +176,18 @@ export function createChannelsRepository (db: Database) {
         // concurrent ones (on any worker) would all pass the count below. Locks are taken
         // per bucket of user ids, in order: at most 64 per create, and no deadlock.
         await tx.execute(sql`select pg_advisory_xact_lock(${GROUP_LOCK_CLASS}::int, v.b) from (values ${sql.join(buckets.map((b) => sql`(${b}::int)`), sql`, `)}) as v(b)`)
-        const full = await tx.select({ userId: members.userId, groups: count() })
+        // Two counts per user: the groups they created and the groups others put them in.
+        // With one count, anyone could create groups naming a user and leave them, until
+        // that user could create nothing of their own (a lockout); now that only fills the
+        // second count, and the user's own creates still pass.
+        const ownGroups = sql<number>`count(*) filter (where ${channels.createdBy} = ${members.userId})`.mapWith(Number)
+        const addedGroups = sql<number>`count(*) filter (where ${channels.createdBy} <> ${members.userId})`.mapWith(Number)
+        const counts = await tx.select({ userId: members.userId, own: ownGroups, added: addedGroups })
           .from(members)
           .innerJoin(channels, eq(channels.id, members.channelId))
           .where(and(isAnyOf(members.userId, everyone, 'text'), eq(channels.kind, 'group')))
           .groupBy(members.userId)
-          .having(({ groups }) => gte(groups, maxGroupsPerUser))
+        const full = counts.filter((c) => c.userId === creatorId ? c.own >= maxGroupsPerUser : c.added >= maxGroupsPerUser)
         if (full.length > 0) throw limitReached(creatorId, full.map((f) => f.userId), maxGroupsPerUser)
         const [row] = await tx.insert(channels)
           .values({ id, kind: 'group', name, createdBy: creatorId })
@@ -221,11 +231,11 @@ export function createChannelsRepository (db: Database) {
 
 function limitReached (creatorId: string, full: string[], max: number): ClientError {
   if (full.includes(creatorId)) {
-    return new ClientError('LIMIT_REACHED', `you already belong to ${max} group channels, the most allowed; leave one first`)
+    return new ClientError('LIMIT_REACHED', `you already belong to ${max} group channels you created, the most allowed; leave one first`)
   }
   const shown = full.slice(0, 5).map((id) => JSON.stringify(id)).join(', ')
   const more = full.length > 5 ? ` and ${full.length - 5} more` : ''
-  return new ClientError('LIMIT_REACHED', `${full.length === 1 ? 'a member already belongs' : `${full.length} members already belong`} to ${max} group channels, the most allowed: ${shown}${more}; nothing was created`)
+  return new ClientError('LIMIT_REACHED', `${full.length === 1 ? 'a member already belongs' : `${full.length} members already belong`} to ${max} group channels created by others, the most allowed: ${shown}${more}; nothing was created`)
 }
 
 /** Advisory lock class of group memberships ('chat'), and the number of buckets of user ids. */
