@@ -21,7 +21,7 @@ export interface RpcHandlerDeps {
   notify: (delivery: Delivery) => Promise<void>
   maxChannelMembers: number
   maxUserGroups: number
-  /** Most channels one memberships.list answer may list (MEMBERSHIPS_MAX_CHANNELS). */
+  /** Most channels one session.open, channels.list or memberships.list answer may list (MEMBERSHIPS_MAX_CHANNELS). */
   maxListedChannels: number
   dbTimeoutMs: number
   log: Logger
@@ -108,7 +108,7 @@ export function createRpcHandler (deps: RpcHandlerDeps) {
     switch (req.op) {
       case 'session.open':
       case 'channels.list':
-        return { channels: await db(deps.channels.listForUser(req.userId)) }
+        return { channels: await db(deps.channels.listForUser(req.userId, deps.maxListedChannels)) }
       case 'memberships.list':
         return { memberships: await db(deps.channels.listForUsers(req.userIds, deps.maxListedChannels)) }
       case 'channels.seq':

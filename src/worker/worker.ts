@@ -6,7 +6,7 @@
 import type { AsyncMessage, Connection, Consumer } from 'rabbitmq-client'
 import { ConsumerStatus } from 'rabbitmq-client'
 import { consumedShards, type Config } from '../config.js'
-import type { Delivery } from '../contracts/envelopes.js'
+import type { Delivery, RpcResponse } from '../contracts/envelopes.js'
 import { openConnection } from '../broker/connection.js'
 import { deliveryEnvelope } from '../broker/deliveries.js'
 import { isOpen } from '../broker/socket.js'
@@ -183,7 +183,7 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
     notify: (delivery: Delivery) => publisher.publish(deliveryEnvelope(names.outgoing, delivery), delivery, 10_000)
   })
   let lateWarnedAt = 0
-  const onRpc = async (msg: AsyncMessage, reply: (body: unknown) => Promise<void>) => {
+  const onRpc = async (msg: AsyncMessage, reply: (body: Buffer, envelope: { contentType: string }) => Promise<void>) => {
     const started = performance.now()
     const caller = callerOf(msg)
     // The broker expires a request when its caller gives up: one that seems older is in
@@ -192,10 +192,21 @@ export function startWorker ({ config, log, database, defaultMetrics = true }: W
       lateWarnedAt = Date.now()
       log.warn({ timeoutMs: caller.timeoutMs }, 'requests reach the worker after their caller gave up: it is far behind, or its clock is ahead of the gateways\' (check NTP); their creates and leaves are refused')
     }
-    const { op, response } = await handleRpc(msg.body, caller)
+    const handled = await handleRpc(msg.body, caller)
+    const { op } = handled
+    let response: RpcResponse = handled.response
+    // Serialised here rather than by the client library, to be measured: the broker closes
+    // the channel of a message past its max_message_size, and this request, handed back,
+    // would close it again until it expired, failing every request in flight on it.
+    let body = Buffer.from(JSON.stringify(response))
+    if (body.byteLength > config.RPC_MAX_REPLY_BYTES) {
+      log.warn({ op, bytes: body.byteLength, max: config.RPC_MAX_REPLY_BYTES }, 'an answer was too large to publish; answered LIMIT_REACHED')
+      response = { ok: false, error: { code: 'LIMIT_REACHED', message: `the answer would be ${body.byteLength} bytes, more than one reply may carry (RPC_MAX_REPLY_BYTES ${config.RPC_MAX_REPLY_BYTES})` } }
+      body = Buffer.from(JSON.stringify(response))
+    }
     metrics.rpc.inc({ op, outcome: response.ok ? 'ok' : response.error.code })
     metrics.rpcLatency.observe({ op }, (performance.now() - started) / 1000)
-    if (msg.replyTo !== undefined) await reply(response)
+    if (msg.replyTo !== undefined) await reply(body, { contentType: 'application/json' })
   }
   let rpc: Consumer | undefined
 

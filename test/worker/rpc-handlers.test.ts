@@ -97,6 +97,13 @@ t.test('a create naming as many members as MAX_CHANNEL_MEMBERS allows (up to 100
   const capped = handlerWith({ maxChannelMembers: 1000, maxListedChannels: 1 })
   t.match((await capped({ op: 'memberships.list', userIds: ['big-0', 'big-1'] })).response, { ok: false, error: { code: 'LIMIT_REACHED' } }, 'two channels in all, one allowed')
   t.match((await capped({ op: 'memberships.list', userIds: ['big-0'] })).response, { ok: true, result: { memberships: [{ userId: 'big-0', channels: [{ name: 'everyone' }] }] } }, 'one is answered')
+  // The same bound for one user's own list: a session open or channels:list of a user in
+  // more channels is refused, coded, rather than an answer no broker message may carry.
+  await handler({ op: 'channel.create', userId: 'big-owner', name: 'second', memberIds: ['big-1'] })
+  for (const op of ['session.open', 'channels.list'] as const) {
+    t.match((await capped({ op, userId: 'big-1' })).response, { ok: false, error: { code: 'LIMIT_REACHED', message: /more than 1 channels/ } }, `${op}: two channels, one allowed`)
+    t.match((await capped({ op, userId: 'big-0' })).response, { ok: true, result: { channels: [{ name: 'everyone' }] } }, `${op}: one is answered`)
+  }
 })
 
 t.test('a create or leave the worker answers UNAVAILABLE changed nothing: the client\'s retry does it once, announced', async (t) => {

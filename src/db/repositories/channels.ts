@@ -87,13 +87,23 @@ function isAnyOf (column: Column, values: string[], type: 'text' | 'uuid'): SQL 
 
 export function createChannelsRepository (db: Database) {
   return {
-    /** Every channel the user belongs to, oldest first. */
-    async listForUser (userId: string): Promise<ChannelSummary[]> {
+    /**
+     * Every channel of the user, oldest first.
+     * @throws ClientError LIMIT_REACHED if they belong to more than `maxChannels`: a user
+     *   can be in hundreds of thousands of direct channels, and such an answer would
+     *   outlive its caller's timeout and pass what one broker message may carry. Read with
+     *   a limit of one more, so the refusal costs no more than the bound.
+     */
+    async listForUser (userId: string, maxChannels = Number.MAX_SAFE_INTEGER): Promise<ChannelSummary[]> {
       const rows = await db.select(summaryColumns)
         .from(members)
         .innerJoin(channels, eq(channels.id, members.channelId))
         .where(eq(members.userId, userId))
         .orderBy(asc(channels.createdAt), asc(channels.id))
+        .limit(maxChannels + 1)
+      if (rows.length > maxChannels) {
+        throw new ClientError('LIMIT_REACHED', `this user belongs to more than ${maxChannels} channels, more than one answer may list`)
+      }
       return rows.map((row) => toSummary(row, userId))
     },
 
