@@ -16,7 +16,9 @@
  * - When the list, its halves and its quarters failed and nothing was answered, the fault is the
  *   reader's (the worker down, or failing every request, as one deployed ahead of its
  *   migration would): it stops there and every item is `unresolved`. Unless the reader
- *   said the items themselves are the cause (`definite`: too many channels to list).
+ *   said the items themselves are the cause (`definite`: too many channels to list), or the
+ *   caller knows the reader answers (`readerAnswers`: it answered for others in an earlier
+ *   pass, so one user re-read alone and refused is refused for that user's own sake).
  */
 
 export interface BisectOptions {
@@ -26,6 +28,8 @@ export interface BisectOptions {
   inconclusive: (err: unknown) => boolean
   /** True for a refusal that names the items as its cause, whatever else failed. */
   definite: (err: unknown) => boolean
+  /** True when the reader is known to answer: a refusal is then never taken for the reader's own fault. */
+  readerAnswers?: boolean
 }
 
 export interface BisectResult<T> {
@@ -54,7 +58,7 @@ export async function readBisecting<T> (items: T[], read: (part: T[]) => Promise
     // Three levels failed (the list, its halves and quarters), or every part left is one
     // item, and nothing was answered: the reader, not the items. Not fewer levels: two
     // unreadable users, one in each half, would look the same at two.
-    const blind = failed.length > 0 && !failed.some((f) => o.definite(f.err)) && result.read === 0 && result.failed.length === 0
+    const blind = o.readerAnswers !== true && failed.length > 0 && !failed.some((f) => o.definite(f.err)) && result.read === 0 && result.failed.length === 0
     if (blind && (result.requests >= 7 || failed.every((f) => f.part.length === 1))) {
       for (const { part } of failed) result.unresolved.push(...part)
       break

@@ -55,6 +55,11 @@ export function createRecovery (o: RecoveryOptions) {
    */
   async function reread (reason: ResyncReason): Promise<boolean> {
     let only: ReadonlySet<string> | undefined
+    // Once the worker answered for some users, a user re-read alone and refused (not timed
+    // out) is refused for their own sake, and is told to reconnect: taken for a worker
+    // failing everything, a user whose first read timed out and whose every read fails
+    // (a row the worker cannot read) would be re-read for as long as they stay connected.
+    let answered = false
     for (let attempt = 0; ; attempt++) {
       if (o.stopped()) return false
       // Deliveries were lost again meanwhile (more drops, another outage): every user must be
@@ -71,7 +76,8 @@ export function createRecovery (o: RecoveryOptions) {
         const pass = await o.sessions.resync(only, (userIds) => {
           for (const id of userIds) told.add(id)
           tell(userIds, reason)
-        })
+        }, answered)
+        if (pass.resolved.length > 0 || pass.ended > 0) answered = true
         tell(pass.resolved.filter((id) => !told.has(id)), reason)
         // `ended`: sockets of users the worker refused alone, told to reconnect (Sessions.resync).
         o.log.info({ users: pass.resolved.length, unresolved: pass.unresolved.length, ended: pass.ended, reason, durationMs: Math.round(performance.now() - started) }, 're-read channel memberships')

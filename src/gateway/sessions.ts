@@ -234,7 +234,7 @@ export class Sessions {
    * @returns users re-read (`resolved`: tell them to catch up), left unresolved, and
    *   how many sockets were ended
    */
-  async resync (only?: ReadonlySet<string>, onRead?: (userIds: string[]) => void): Promise<{ resolved: string[], unresolved: string[], ended: number }> {
+  async resync (only?: ReadonlySet<string>, onRead?: (userIds: string[]) => void, readerAnswers = false): Promise<{ resolved: string[], unresolved: string[], ended: number }> {
     const users = [...this.#users.values()].filter((u) => only === undefined || only.has(u.id))
     const out = { resolved: [] as string[], unresolved: [] as string[], ended: 0 }
     const inconclusive = (err: unknown) => err instanceof ClientError && err.code === 'UNAVAILABLE'
@@ -254,7 +254,8 @@ export class Sessions {
       }, {
         maxRequests: RESYNC_MAX_REQUESTS,
         inconclusive,
-        definite: (e) => e instanceof ClientError && e.code === 'LIMIT_REACHED'
+        definite: (e) => e instanceof ClientError && e.code === 'LIMIT_REACHED',
+        readerAnswers
       })
       const failed = new Set(result.failed.map((f) => f.item))
       const unresolved = new Set(result.unresolved)

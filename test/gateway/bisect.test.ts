@@ -86,3 +86,12 @@ t.test('the budget bounds the requests and is spent on splits, not double-counte
   t.equal(eight.read.size + r8.failed.length, 500, 'each user either read or failed')
   t.ok(r8.failed.length < 60, `a budget spent on splits ends few innocent users (${r8.failed.length} ended for 8 refused)`)
 })
+
+t.test('a user re-read alone and refused: blamed only when the reader is known to answer', async (t) => {
+  const alone = await readBisecting([7], reader(new Set([7]), 'INTERNAL').fn, options)
+  t.same({ failed: alone.failed.length, unresolved: alone.unresolved }, { failed: 0, unresolved: [7] }, 'on its own, a refusal of one could be the reader failing everything')
+  const known = await readBisecting([7], reader(new Set([7]), 'INTERNAL').fn, { ...options, readerAnswers: true })
+  t.same({ failed: known.failed.map((f) => f.item), unresolved: known.unresolved }, { failed: [7], unresolved: [] }, 'the reader answered for others earlier: the user is refused for their own sake')
+  const slow = await readBisecting([7], reader(new Set([7]), 'UNAVAILABLE').fn, { ...options, readerAnswers: true })
+  t.same({ failed: slow.failed.length, unresolved: slow.unresolved }, { failed: 0, unresolved: [7] }, 'a timeout is still never blamed')
+})
