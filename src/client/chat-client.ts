@@ -304,7 +304,6 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
 
   // --- helpers ----------------------------------------------------------------
 
-  /** A request that waits (up to ackTimeoutMs) for a session, tried once. */
   /**
    * Sends an idempotent request until it is answered: across reconnects and gateways, on
    * timeouts, disconnects, UNAVAILABLE and RATE_LIMITED. Only for payloads with their
@@ -326,6 +325,7 @@ export class ChatClient extends TypedEmitter<ChatClientEvents> {
     }
   }
 
+  /** A request that waits (up to ackTimeoutMs) for a session, tried once. */
   async #call<R extends object = Record<never, never>> (event: Parameters<typeof request>[1], payload: object): Promise<R> {
     return await this.#request<R>(await this.#gate.wait(this.#o.ackTimeoutMs), event, payload)
   }
